@@ -1,0 +1,720 @@
+/* Fused energy + gradient of batched MLP losses (float64).
+ *
+ * E(w) = mean_n CE(softmax(f(x_n; w)), y_n) + lam * ||w||^2 for K parameter vectors w at once.
+ * Built and loaded by landscape/kernel.py (see there for the Python API and the build flags).
+ *
+ * Parameter layout of one network (GMIN/pele): for each layer l (in = d_l, out = d_{l+1}),
+ * W_l as an (in, out) row-major block, then b_l (out) if biases are on.
+ *
+ * Inner layout: the data are stored feature-major, X^T as (d0, Npad) with Npad = N rounded
+ * up to the vector length VL = 8 (padding samples are zero and masked out of loss and
+ * gradient). Every activation is a (width, NC) block for a chunk of NC samples, so all inner
+ * loops run over samples, 8 at a time, with FMAs on explicit 8-wide vectors (GCC vector
+ * extensions: one zmm register with AVX-512, two ymm with AVX2, plain SSE otherwise).
+ * Matrix products are register-blocked tiles (up to 6 rows x 4 vectors = 24 accumulators).
+ * Weight gradients are accumulated per SIMD lane (P x 8 doubles per thread) and summed
+ * across lanes once per walker, in a fixed order.
+ *
+ * Determinism: every walker is computed by one thread with the same code and the same
+ * summation order, whatever K, the thread count or the alignment of the caller's rows;
+ * no -ffast-math, elementary functions (exp, tanh) are our own vector polynomials, so the
+ * results do not depend on the libm/libmvec version either. Log of the softmax
+ * normaliser: per lane, a running product of the sums s_n in [1, C], renormalised by its
+ * binary exponent at every step (exact), and one libm log per lane at the end.
+ *
+ * Parallelism: a small pthread pool shared by all kernels in the process; walkers are
+ * handed out one at a time through an atomic counter; each thread has its own scratch.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MLPK_ABI 3
+#define VL 8
+#define MAXL 32
+
+typedef double v8d __attribute__((vector_size(64)));
+typedef double v8du __attribute__((vector_size(64), aligned(8)));
+typedef int64_t v8l __attribute__((vector_size(64)));
+
+#define INLINE static inline __attribute__((always_inline))
+
+enum { ACT_TANH = 0, ACT_SIGMOID = 1, ACT_RELU = 2 };
+
+/* ------------------------------------------------------------------ vector helpers */
+
+INLINE v8d vset1(double x) { return (v8d){x, x, x, x, x, x, x, x}; }
+INLINE v8d vload(const double *p) { return *(const v8d *)p; }
+INLINE void vstore(double *p, v8d x) { *(v8d *)p = x; }
+INLINE v8d vloadu(const double *p) { return *(const v8du *)p; }
+/* m ? a : b, with m a comparison result (all ones / all zeros per lane) */
+INLINE v8d vsel(v8l m, v8d a, v8d b) { return (v8d)((m & (v8l)a) | (~m & (v8l)b)); }
+INLINE v8d vabs(v8d x) { return (v8d)((v8l)x & ((v8l){0, 0, 0, 0, 0, 0, 0, 0} + INT64_MAX)); }
+
+INLINE double hsum(v8d x)
+{
+    /* fixed pairwise order */
+    double a = (x[0] + x[4]) + (x[2] + x[6]);
+    double b = (x[1] + x[5]) + (x[3] + x[7]);
+    return a + b;
+}
+
+/* exp(x) for x <= 0 (clamped below at -708.3 so that the result stays normal; exp(-708.3)
+ * ~ 3e-308 instead of an underflowed value, irrelevant next to the terms it is added to).
+ * Cody-Waite reduction x = k ln2 + r, |r| <= ln2/2, Taylor polynomial of degree 13
+ * (truncation error < 5e-18 relative), scaling by 2^k through the exponent bits.
+ * NaN propagates. */
+INLINE v8d vexp_neg(v8d x)
+{
+    const v8d lo = vset1(-708.3);
+    x = vsel(x < lo, lo, x);
+    const v8d shifter = vset1(6755399441055744.0); /* 1.5 * 2^52 */
+    v8d t = x * vset1(1.4426950408889634074) + shifter;
+    v8d kd = t - shifter;
+    v8l ki = (v8l)t - (v8l)shifter;
+    v8d r = x - kd * vset1(6.93147180369123816490e-01); /* ln2_hi: kd * hi is exact */
+    r = r - kd * vset1(1.90821492927058770002e-10);     /* ln2_lo */
+    /* p(r) = sum_{k<=13} r^k/k!: the high-order tail by Estrin's scheme (short dependency
+     * chains), the last four steps by Horner's (they set the accuracy) */
+    v8d r2 = r * r, r4 = r2 * r2;
+    v8d q0 = vset1(1.0 / 24.0) + r * vset1(1.0 / 120.0);
+    v8d q1 = vset1(1.0 / 720.0) + r * vset1(1.0 / 5040.0);
+    v8d q2 = vset1(1.0 / 40320.0) + r * vset1(1.0 / 362880.0);
+    v8d q3 = vset1(1.0 / 3628800.0) + r * vset1(1.0 / 39916800.0);
+    v8d q4 = vset1(1.0 / 479001600.0) + r * vset1(1.0 / 6227020800.0);
+    v8d s0 = q0 + q1 * r2, s1 = q2 + q3 * r2;
+    v8d p = s0 + (s1 + q4 * r4) * r4;
+    p = p * r + vset1(1.0 / 6.0);
+    p = p * r + vset1(0.5);
+    p = p * r + vset1(1.0);
+    p = p * r + vset1(1.0);
+    v8d scale = (v8d)((ki + 1023) << 52);
+    return p * scale;
+}
+
+/* tanh: |x| < 0.625: x + x z P(z)/Q(z), z = x^2 (Cephes rational form);
+ * otherwise sign(x) (1 - 2e/(1+e)), e = exp(-2|x|). One division serves both branches. */
+INLINE v8d vtanh(v8d x)
+{
+    v8d ax = vabs(x);
+    v8d z = x * x;
+    v8d P = vset1(-9.64399179425052238628E-1);
+    P = P * z + vset1(-9.92877231001918586564E1);
+    P = P * z + vset1(-1.61468768441708447952E3);
+    v8d Q = z + vset1(1.12811678491632931402E2);
+    Q = Q * z + vset1(2.23548839060100448583E3);
+    Q = Q * z + vset1(4.84406305325125486048E3);
+    v8d e = vexp_neg(vset1(-2.0) * ax);
+    v8l small = ax < vset1(0.625);
+    v8d q = vsel(small, z * P, e + e) / vsel(small, Q, vset1(1.0) + e);
+    v8d ts = x + x * q;
+    v8d tl = vset1(1.0) - q;
+    tl = (v8d)((v8l)tl | ((v8l)x & (v8l)vset1(-0.0))); /* copy the sign of x */
+    return vsel(small, ts, tl);
+}
+
+/* sigmoid(x) = 1/(1+e) for x >= 0, e/(1+e) for x < 0, e = exp(-|x|) */
+INLINE v8d vsigmoid(v8d x)
+{
+    v8d e = vexp_neg(-vabs(x));
+    v8d s = vset1(1.0) / (vset1(1.0) + e);
+    return vsel(x < vset1(0.0), e * s, s);
+}
+
+INLINE v8d vrelu(v8d x) { return vsel(x < vset1(0.0), vset1(0.0), x); } /* keeps NaN */
+
+/* ------------------------------------------------------------------ context */
+
+typedef struct {
+    double *buf;     /* one allocation */
+    double *act[MAXL + 1]; /* act[l] for l = 1..L: (d_l, NC); act[L] holds logits */
+    double *D[2];    /* deltas, (maxw, NC) each */
+    double *G8;      /* lane accumulators (P, VL) */
+} scratch_t;
+
+typedef struct {
+    int L, act, bias, N, Npad, NC, maxw;
+    int d[MAXL + 1];
+    long P;
+    long woff[MAXL], boff[MAXL];
+    double lam, invN;
+    double *XT;   /* (d0, Npad), 64-byte aligned */
+    double *ylab; /* (Npad) class as double, -1 for padding */
+    int nscratch;
+    scratch_t *scr;
+} ctx_t;
+
+/* ------------------------------------------------------------------ tiles */
+
+/* dst[r][v] = bias[r] + sum_c M(r, c) * src[c][v], M(r, c) = Wp[r*wr + c*wc],
+ * for MO rows and NV vectors of 8 samples. */
+INLINE void mm_tile(const int MO, const int NV, int cin, const double *restrict Wp, long wr, long wc,
+                    const double *restrict bias, const double *restrict src, long lds,
+                    double *restrict dst, long ldd)
+{
+    v8d acc[6][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < MO; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++) acc[r][j] = bias ? vset1(bias[r]) : vset1(0.0);
+    for (int c = 0; c < cin; c++) {
+        v8d x[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++) x[j] = vload(src + c * lds + j * VL);
+#pragma GCC unroll 6
+        for (int r = 0; r < MO; r++) {
+            v8d wv = vset1(Wp[r * wr + c * wc]);
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; j++) acc[r][j] += wv * x[j];
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < MO; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++) vstore(dst + r * ldd + j * VL, acc[r][j]);
+}
+
+#define MM_CASE_NV(MO)                                                                          \
+    case MO:                                                                                    \
+        switch (nv) {                                                                           \
+        case 1: mm_tile(MO, 1, cin, Wp, wr, wc, bias, src, lds, dst, ldd); break;               \
+        case 2: mm_tile(MO, 2, cin, Wp, wr, wc, bias, src, lds, dst, ldd); break;               \
+        case 3: mm_tile(MO, 3, cin, Wp, wr, wc, bias, src, lds, dst, ldd); break;               \
+        default: mm_tile(MO, 4, cin, Wp, wr, wc, bias, src, lds, dst, ldd); break;              \
+        }                                                                                       \
+        break;
+
+static void mm_tile_dispatch(int mo, int nv, int cin, const double *Wp, long wr, long wc,
+                             const double *bias, const double *src, long lds, double *dst, long ldd)
+{
+    switch (mo) {
+        MM_CASE_NV(1)
+        MM_CASE_NV(2)
+        MM_CASE_NV(3)
+        MM_CASE_NV(4)
+        MM_CASE_NV(5)
+        MM_CASE_NV(6)
+    }
+}
+
+/* G8[i*gsi + o*VL] += sum_v A[i][v] * D[o][v] (lane-wise), MI x MO block, nvec vectors */
+INLINE void g_tile(const int MI, const int MO, int nvec, const double *restrict A, long lda,
+                   const double *restrict D, long ldd, double *restrict G8, long gsi)
+{
+    v8d acc[4][6];
+#pragma GCC unroll 4
+    for (int i = 0; i < MI; i++)
+#pragma GCC unroll 6
+        for (int o = 0; o < MO; o++) acc[i][o] = vset1(0.0);
+    for (int v = 0; v < nvec; v++) {
+        v8d a[4], dd[6];
+#pragma GCC unroll 4
+        for (int i = 0; i < MI; i++) a[i] = vload(A + i * lda + v * VL);
+#pragma GCC unroll 6
+        for (int o = 0; o < MO; o++) dd[o] = vload(D + o * ldd + v * VL);
+#pragma GCC unroll 4
+        for (int i = 0; i < MI; i++)
+#pragma GCC unroll 6
+            for (int o = 0; o < MO; o++) acc[i][o] += a[i] * dd[o];
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MI; i++)
+#pragma GCC unroll 6
+        for (int o = 0; o < MO; o++) {
+            double *g = G8 + i * gsi + o * VL;
+            vstore(g, vload(g) + acc[i][o]);
+        }
+}
+
+#define G_CASE_MO(MI)                                                                           \
+    case MI:                                                                                    \
+        switch (mo) {                                                                           \
+        case 1: g_tile(MI, 1, nvec, A, lda, D, ldd, G8, gsi); break;                            \
+        case 2: g_tile(MI, 2, nvec, A, lda, D, ldd, G8, gsi); break;                            \
+        case 3: g_tile(MI, 3, nvec, A, lda, D, ldd, G8, gsi); break;                            \
+        case 4: g_tile(MI, 4, nvec, A, lda, D, ldd, G8, gsi); break;                            \
+        case 5: g_tile(MI, 5, nvec, A, lda, D, ldd, G8, gsi); break;                            \
+        default: g_tile(MI, 6, nvec, A, lda, D, ldd, G8, gsi); break;                           \
+        }                                                                                       \
+        break;
+
+static void g_tile_dispatch(int mi, int mo, int nvec, const double *A, long lda, const double *D,
+                            long ldd, double *G8, long gsi)
+{
+    switch (mi) {
+        G_CASE_MO(1)
+        G_CASE_MO(2)
+        G_CASE_MO(3)
+        G_CASE_MO(4)
+    }
+}
+
+/* split n into ceil(n/maxt) nearly equal tiles; size of tile t starting at *start */
+static inline int tile_size(int n, int maxt, int t)
+{
+    int nt = (n + maxt - 1) / maxt;
+    int base = n / nt, rem = n % nt;
+    return base + (t < rem ? 1 : 0);
+}
+static inline int n_tiles(int n, int maxt) { return (n + maxt - 1) / maxt; }
+
+#define MO_MAX 6
+#define NV_MAX 4
+#define GI_MAX 4
+#define GO_MAX 6
+
+/* out (rows x nc) = M x in (+ bias), M(r, c) = Wp[r*wr + c*wc]; then the activation
+ * (act >= 0) or the derivative factor of the activation given its output `aprev`
+ * (deriv = 1), applied block by block while the block is in L1. */
+static void layer_mm(int rows, int cin, int nvec, const double *Wp, long wr, long wc, const double *bias,
+                     const double *src, long lds, double *dst, long ldd, int act, const double *aprev,
+                     long lda)
+{
+    for (int v0 = 0; v0 < nvec; v0 += NV_MAX) {
+        int nv = nvec - v0 < NV_MAX ? nvec - v0 : NV_MAX;
+        int nt = n_tiles(rows, MO_MAX), r0 = 0;
+        for (int t = 0; t < nt; t++) {
+            int mo = tile_size(rows, MO_MAX, t);
+            mm_tile_dispatch(mo, nv, cin, Wp + r0 * wr, wr, wc, bias ? bias + r0 : NULL, src + v0 * VL, lds,
+                             dst + r0 * ldd + v0 * VL, ldd);
+            r0 += mo;
+        }
+        if (act < 0) continue;
+        for (int r = 0; r < rows; r++) {
+            double *p = dst + r * ldd + v0 * VL;
+            if (!aprev) {
+                switch (act) {
+                case ACT_TANH:
+                    for (int j = 0; j < nv; j++) vstore(p + j * VL, vtanh(vload(p + j * VL)));
+                    break;
+                case ACT_SIGMOID:
+                    for (int j = 0; j < nv; j++) vstore(p + j * VL, vsigmoid(vload(p + j * VL)));
+                    break;
+                default:
+                    for (int j = 0; j < nv; j++) vstore(p + j * VL, vrelu(vload(p + j * VL)));
+                    break;
+                }
+            } else {
+                const double *a = aprev + r * lda + v0 * VL;
+                for (int j = 0; j < nv; j++) {
+                    v8d av = vload(a + j * VL), f;
+                    switch (act) {
+                    case ACT_TANH: f = vset1(1.0) - av * av; break;
+                    case ACT_SIGMOID: f = av * (vset1(1.0) - av); break;
+                    default: f = vsel(av > vset1(0.0), vset1(1.0), vset1(0.0)); break;
+                    }
+                    vstore(p + j * VL, vload(p + j * VL) * f);
+                }
+            }
+        }
+    }
+}
+
+/* G8 block of W (din x dout) += A (din x nc) . D (dout x nc)^T, lane-wise */
+static void layer_grad(int din, int dout, int nvec, const double *A, long lda, const double *D, long ldd,
+                       double *G8W, double *G8b)
+{
+    int nti = n_tiles(din, GI_MAX), i0 = 0;
+    for (int ti = 0; ti < nti; ti++) {
+        int mi = tile_size(din, GI_MAX, ti);
+        int nto = n_tiles(dout, GO_MAX), o0 = 0;
+        for (int to = 0; to < nto; to++) {
+            int mo = tile_size(dout, GO_MAX, to);
+            g_tile_dispatch(mi, mo, nvec, A + i0 * lda, lda, D + o0 * ldd, ldd, G8W + ((long)i0 * dout + o0) * VL,
+                            (long)dout * VL);
+            o0 += mo;
+        }
+        i0 += mi;
+    }
+    if (G8b) {
+        for (int o = 0; o < dout; o++) {
+            const double *p = D + o * ldd;
+            v8d s0 = vset1(0.0), s1 = vset1(0.0);
+            int v = 0;
+            for (; v + 1 < nvec; v += 2) {
+                s0 += vload(p + v * VL);
+                s1 += vload(p + (v + 1) * VL);
+            }
+            if (v < nvec) s0 += vload(p + v * VL);
+            vstore(G8b + o * VL, vload(G8b + o * VL) + (s0 + s1));
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ one walker */
+
+static void run_walker(const ctx_t *c, scratch_t *s, const double *w, double *Eout, double *Gout)
+{
+    const int L = c->L, NC = c->NC, C = c->d[L];
+    double *G8 = s->G8;
+    memset(G8, 0, sizeof(double) * (size_t)c->P * VL);
+    v8d lossacc = vset1(0.0);   /* sum over samples of (max - z_y) ... */
+    v8d prod = vset1(1.0);      /* running product of the softmax sums, mantissa */
+    v8l pexp = (v8l){0, 0, 0, 0, 0, 0, 0, 0}; /* ... and its binary exponent */
+    const v8l mant_mask = (v8l){0, 0, 0, 0, 0, 0, 0, 0} + 0x000FFFFFFFFFFFFFLL;
+    const v8l one_bits = (v8l){0, 0, 0, 0, 0, 0, 0, 0} + 0x3FF0000000000000LL;
+
+    for (int n0 = 0; n0 < c->Npad; n0 += NC) {
+        int nc = c->Npad - n0 < NC ? c->Npad - n0 : NC;
+        int nvec = nc / VL;
+        /* forward */
+        for (int l = 0; l < L; l++) {
+            int din = c->d[l], dout = c->d[l + 1];
+            const double *src = l == 0 ? c->XT + n0 : s->act[l];
+            long lds = l == 0 ? c->Npad : NC;
+            const double *W = w + c->woff[l];
+            const double *b = c->bias ? w + c->boff[l] : NULL;
+            layer_mm(dout, din, nvec, W, 1, dout, b, src, lds, s->act[l + 1], NC, l < L - 1 ? c->act : -1, NULL, 0);
+        }
+        /* softmax cross-entropy; dZ into D[0] */
+        double *Z = s->act[L], *D = s->D[0];
+        const double *yl = c->ylab + n0;
+        for (int v = 0; v < nvec; v++) {
+            v8d m = vload(Z + v * VL);
+            for (int k = 1; k < C; k++) {
+                v8d z = vload(Z + k * NC + v * VL);
+                m = vsel(z > m, z, m);
+            }
+            v8d y = vload(yl + v * VL);
+            v8l valid = y >= vset1(0.0);
+            v8d ssum = vset1(0.0), dy = vset1(0.0);
+            for (int k = 0; k < C; k++) {
+                v8d dz = vload(Z + k * NC + v * VL) - m;
+                v8d e = vexp_neg(dz);
+                vstore(D + k * NC + v * VL, e);
+                ssum += e;
+                dy = vsel(y == vset1((double)k), dz, dy);
+            }
+            v8d inv = vset1(1.0) / ssum;
+            v8d scale = (v8d)(valid & (v8l)vset1(c->invN));
+            for (int k = 0; k < C; k++) {
+                v8d p = vload(D + k * NC + v * VL) * inv;
+                p = vsel(y == vset1((double)k), p - vset1(1.0), p);
+                vstore(D + k * NC + v * VL, p * scale);
+            }
+            lossacc -= (v8d)(valid & (v8l)dy);
+            prod *= vsel(valid, ssum, vset1(1.0));
+            v8l bits = (v8l)prod;
+            pexp += ((bits >> 52) & 0x7FF) - 1023;
+            prod = (v8d)((bits & mant_mask) | one_bits);
+        }
+        /* backward */
+        int cur = 0;
+        for (int l = L - 1; l >= 0; l--) {
+            int din = c->d[l], dout = c->d[l + 1];
+            const double *A = l == 0 ? c->XT + n0 : s->act[l];
+            long lda = l == 0 ? c->Npad : NC;
+            double *Dc = s->D[cur];
+            layer_grad(din, dout, nvec, A, lda, Dc, NC, G8 + c->woff[l] * VL, c->bias ? G8 + c->boff[l] * VL : NULL);
+            if (l > 0) {
+                /* D_prev[i][n] = sum_o W[i, o] D[o][n] * act'(a[i][n]) */
+                const double *W = w + c->woff[l];
+                layer_mm(din, dout, nvec, W, dout, 1, NULL, Dc, NC, s->D[1 - cur], NC, c->act, s->act[l], NC);
+                cur = 1 - cur;
+            }
+        }
+    }
+
+    /* reduce lanes, add the regulariser */
+    double logs = 0.0;
+    for (int j = 0; j < VL; j++) logs += (double)pexp[j] * 0.69314718055994530942 + log(prod[j]);
+    double data = (hsum(lossacc) + logs) * c->invN;
+    const long P = c->P;
+    v8d ww = vset1(0.0);
+    long j = 0;
+    for (; j + VL <= P; j += VL) {
+        v8d x = vloadu(w + j);
+        ww += x * x;
+    }
+    double reg = hsum(ww);
+    for (; j < P; j++) reg += w[j] * w[j];
+    *Eout = data + c->lam * reg;
+    const double lam2 = 2.0 * c->lam;
+    for (long q = 0; q < P; q++) Gout[q] = hsum(vload(G8 + q * VL)) + lam2 * w[q];
+}
+
+/* ------------------------------------------------------------------ thread pool */
+
+typedef struct {
+    const ctx_t *c;
+    const double *w;
+    double *E, *G;
+    long K;
+    atomic_long next;
+} job_t;
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_go = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t pool_done = PTHREAD_COND_INITIALIZER;
+static pthread_mutex_t submit_mu = PTHREAD_MUTEX_INITIALIZER;
+static int pool_nworkers = 0;   /* started workers */
+static long pool_gen = 0;       /* job generation */
+static int pool_want = 0;       /* workers taking part in the current job */
+static int pool_busy = 0;       /* workers still running the current job */
+static job_t *pool_job = NULL;
+static int atfork_registered = 0;
+
+static void work(job_t *jb, int tid)
+{
+    const ctx_t *c = jb->c;
+    scratch_t *s = &c->scr[tid];
+    const long P = c->P;
+    for (;;) {
+        long k = atomic_fetch_add_explicit(&jb->next, 1, memory_order_relaxed);
+        if (k >= jb->K) break;
+        run_walker(c, s, jb->w + k * P, jb->E + k, jb->G + k * P);
+    }
+}
+
+typedef struct {
+    int tid;   /* 1.. */
+    long gen;  /* job generation when the worker was created */
+} worker_arg_t;
+
+static void *worker_main(void *arg)
+{
+    worker_arg_t wa = *(worker_arg_t *)arg;
+    free(arg);
+    int tid = wa.tid;
+    long seen = wa.gen; /* jobs submitted after our creation are ours even if we start late */
+    pthread_mutex_lock(&pool_mu);
+    for (;;) {
+        while (pool_gen == seen) pthread_cond_wait(&pool_go, &pool_mu);
+        seen = pool_gen;
+        if (tid > pool_want) continue;
+        job_t *jb = pool_job;
+        pthread_mutex_unlock(&pool_mu);
+        work(jb, tid);
+        pthread_mutex_lock(&pool_mu);
+        if (--pool_busy == 0) pthread_cond_signal(&pool_done);
+    }
+    return NULL;
+}
+
+static void pool_after_fork_child(void)
+{
+    /* the workers do not exist in a forked child: start afresh */
+    pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    pool_mu = m;
+    submit_mu = m;
+    pool_go = cv;
+    pool_done = cv;
+    pool_nworkers = 0;
+    pool_want = 0;
+    pool_busy = 0;
+    pool_job = NULL;
+}
+
+/* make sure nw workers exist (called with pool_mu held); returns how many exist */
+static int pool_grow(int nw)
+{
+    if (!atfork_registered) {
+        pthread_atfork(NULL, NULL, pool_after_fork_child);
+        atfork_registered = 1;
+    }
+    while (pool_nworkers < nw) {
+        pthread_t th;
+        pthread_attr_t at;
+        worker_arg_t *wa = malloc(sizeof(worker_arg_t));
+        if (!wa) break;
+        wa->tid = pool_nworkers + 1;
+        wa->gen = pool_gen;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&th, &at, worker_main, wa);
+        pthread_attr_destroy(&at);
+        if (rc != 0) {
+            free(wa);
+            break;
+        }
+        pool_nworkers++;
+    }
+    return pool_nworkers;
+}
+
+/* ------------------------------------------------------------------ public API */
+
+int mlpk_abi(void) { return MLPK_ABI; }
+
+static void *amalloc(size_t n)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? n : 64) != 0) return NULL;
+    return p;
+}
+
+static void free_scratch(ctx_t *c)
+{
+    for (int t = 0; t < c->nscratch; t++) free(c->scr[t].buf);
+    free(c->scr);
+    c->scr = NULL;
+    c->nscratch = 0;
+}
+
+static int ensure_scratch(ctx_t *c, int nt)
+{
+    if (nt <= c->nscratch) return 0;
+    scratch_t *ns = calloc((size_t)nt, sizeof(scratch_t));
+    if (!ns) return -1;
+    if (c->scr) memcpy(ns, c->scr, sizeof(scratch_t) * (size_t)c->nscratch);
+    size_t per = 0;
+    for (int l = 1; l <= c->L; l++) per += (size_t)c->d[l] * c->NC;
+    per += 2 * (size_t)c->maxw * c->NC + (size_t)c->P * VL;
+    for (int t = c->nscratch; t < nt; t++) {
+        double *b = amalloc(per * sizeof(double));
+        if (!b) {
+            for (int u = c->nscratch; u < t; u++) free(ns[u].buf);
+            free(ns);
+            return -1;
+        }
+        memset(b, 0, per * sizeof(double));
+        ns[t].buf = b;
+        for (int l = 1; l <= c->L; l++) {
+            ns[t].act[l] = b;
+            b += (size_t)c->d[l] * c->NC;
+        }
+        ns[t].D[0] = b;
+        b += (size_t)c->maxw * c->NC;
+        ns[t].D[1] = b;
+        b += (size_t)c->maxw * c->NC;
+        ns[t].G8 = b;
+    }
+    free(c->scr);
+    c->scr = ns;
+    c->nscratch = nt;
+    return 0;
+}
+
+void mlpk_destroy(void *h)
+{
+    ctx_t *c = h;
+    if (!c) return;
+    free_scratch(c);
+    free(c->XT);
+    free(c->ylab);
+    free(c);
+}
+
+/* X: (N, d0) row-major, y: (N,) int64 in [0, d_L). nc: samples per chunk (0: automatic).
+ * Returns NULL on bad arguments or out of memory. */
+void *mlpk_create(int L, const int *widths, int act, int bias, long N, const double *X, const int64_t *y,
+                  double lam, int nc)
+{
+    if (L < 1 || L > MAXL || N < 1 || act < 0 || act > 2) return NULL;
+    ctx_t *c = calloc(1, sizeof(ctx_t));
+    if (!c) return NULL;
+    c->L = L;
+    c->act = act;
+    c->bias = bias ? 1 : 0;
+    c->N = (int)N;
+    c->Npad = (int)((N + VL - 1) / VL * VL);
+    c->lam = lam;
+    c->invN = 1.0 / (double)N;
+    long P = 0;
+    int maxw = 0;
+    for (int l = 0; l <= L; l++) {
+        if (widths[l] < 1) {
+            free(c);
+            return NULL;
+        }
+        c->d[l] = widths[l];
+        if (l >= 1 && widths[l] > maxw) maxw = widths[l];
+    }
+    for (int l = 0; l < L; l++) {
+        c->woff[l] = P;
+        P += (long)c->d[l] * c->d[l + 1];
+        c->boff[l] = P;
+        if (c->bias) P += c->d[l + 1];
+    }
+    c->P = P;
+    c->maxw = maxw;
+    if (nc <= 0) {
+        /* keep a chunk's activations and deltas within ~192 KiB */
+        long per_sample = 0;
+        for (int l = 1; l <= L; l++) per_sample += c->d[l];
+        per_sample += 2 * maxw + c->d[0];
+        long cap = (192 * 1024 / 8) / per_sample;
+        cap = cap / (NV_MAX * VL) * (NV_MAX * VL);
+        if (cap < NV_MAX * VL) cap = NV_MAX * VL;
+        nc = (int)cap;
+    }
+    nc = (nc + VL - 1) / VL * VL;
+    if (nc > c->Npad) nc = c->Npad;
+    c->NC = nc;
+    const int d0 = c->d[0], C = c->d[L];
+    c->XT = amalloc(sizeof(double) * (size_t)d0 * c->Npad);
+    c->ylab = amalloc(sizeof(double) * (size_t)c->Npad);
+    if (!c->XT || !c->ylab) {
+        mlpk_destroy(c);
+        return NULL;
+    }
+    memset(c->XT, 0, sizeof(double) * (size_t)d0 * c->Npad);
+    for (long n = 0; n < N; n++)
+        for (int i = 0; i < d0; i++) c->XT[(size_t)i * c->Npad + n] = X[n * d0 + i];
+    for (long n = 0; n < c->Npad; n++) {
+        if (n < N) {
+            if (y[n] < 0 || y[n] >= C) {
+                mlpk_destroy(c);
+                return NULL;
+            }
+            c->ylab[n] = (double)y[n];
+        } else {
+            c->ylab[n] = -1.0;
+        }
+    }
+    if (ensure_scratch(c, 1) != 0) {
+        mlpk_destroy(c);
+        return NULL;
+    }
+    return c;
+}
+
+long mlpk_nparams(void *h) { return ((ctx_t *)h)->P; }
+int mlpk_chunk(void *h) { return ((ctx_t *)h)->NC; }
+
+/* E (K), G (K, P) for w (K, P); rows contiguous. Returns 0, or -1 when out of memory. */
+int mlpk_eval(void *h, long K, const double *w, double *E, double *G, int nthreads)
+{
+    ctx_t *c = h;
+    if (K <= 0) return 0;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > K) nthreads = (int)K;
+    if (nthreads > 256) nthreads = 256;
+    if (nthreads > 1) {
+        pthread_mutex_lock(&pool_mu);
+        int have = pool_grow(nthreads - 1);
+        pthread_mutex_unlock(&pool_mu);
+        if (have + 1 < nthreads) nthreads = have + 1;
+    }
+    if (ensure_scratch(c, nthreads) != 0) return -1;
+    job_t jb;
+    jb.c = c;
+    jb.w = w;
+    jb.E = E;
+    jb.G = G;
+    jb.K = K;
+    atomic_init(&jb.next, 0);
+    if (nthreads == 1) {
+        work(&jb, 0);
+        return 0;
+    }
+    pthread_mutex_lock(&submit_mu);
+    pthread_mutex_lock(&pool_mu);
+    pool_job = &jb;
+    pool_want = nthreads - 1;
+    pool_busy = nthreads - 1;
+    pool_gen++;
+    pthread_cond_broadcast(&pool_go);
+    pthread_mutex_unlock(&pool_mu);
+    work(&jb, 0);
+    pthread_mutex_lock(&pool_mu);
+    while (pool_busy > 0) pthread_cond_wait(&pool_done, &pool_mu);
+    pool_job = NULL;
+    pthread_mutex_unlock(&pool_mu);
+    pthread_mutex_unlock(&submit_mu);
+    return 0;
+}

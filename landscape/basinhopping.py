@@ -1,0 +1,342 @@
+"""Basin-hopping with K walkers advanced together, streaming new minima into the database.
+
+Each walker repeats: displace its current minimum by a uniform random step in
+[-step, step] per coordinate, minimise locally (one batched :class:`landscape.minimize.LBFGS`
+shared by all walkers; a walker whose quench ends takes its next step at once, so no walker
+waits for another), and accept the new minimum by the Metropolis test at temperature T.
+Every ``adapt_every`` steps a walker scales its step toward the target acceptance ratio,
+within [step_min, step_max]; a walker that has not lowered its own best energy for
+``reseed_after`` steps restarts from fresh random weights.
+
+Every converged quench is checked against the stored minima (:mod:`landscape.identify`);
+ambiguous comparisons are refined to ``refine_tol`` first. A new point is stored only if no
+Hessian eigenvalue is below ``-eig_tol`` (with ``eig_tol = 1e-6 * max(1, |largest eigenvalue|)``
+when the full Hessian is computed, else 1e-6): a saddle (L-BFGS can stop on symmetric subspaces,
+e.g. duplicated or dead units) is pushed off along its negative-curvature direction and
+minimised again, never stored.
+
+Each walker draws from its own random stream (spawned from ``seed``), so the same seed, step
+budget and thread count give the same minima. Defaults are :class:`Settings`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
+
+from .database import Database
+from .energy import Energy
+from .identify import MinimaIndex, Point, align
+from .minimize import LBFGS
+from .problem import Problem
+
+HESSIAN_MODES = ("auto", "full", "lanczos", "none")
+FULL_HESSIAN_MAX_P = 1000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sampler settings (defaults in brackets are the field defaults).
+
+    walkers: K walkers advanced together. temperature: Metropolis T (nats). step: initial
+    maximum displacement per coordinate. adaptive: adapt the step toward target_acceptance every
+    adapt_every steps by adapt_factor, within [step_min, step_max]. reseed_after: steps without a
+    new walker-best before a walker restarts from N(0, init_scale^2) weights. tol: RMS-gradient
+    convergence of quenches; maxiter: their iteration cap; refine_tol: tolerance to which
+    ambiguous comparisons are refined. hessian: 'full', 'lanczos', 'none' or 'auto' (full up to
+    1000 parameters). maxstep, memory: of the L-BFGS quench.
+    """
+
+    walkers: int = 32
+    temperature: float = 0.01
+    step: float = 1.0
+    adaptive: bool = True
+    target_acceptance: float = 0.5
+    adapt_every: int = 10
+    adapt_factor: float = 0.9
+    step_min: float = 1e-3
+    step_max: float = 10.0
+    reseed_after: int = 100
+    init_scale: float = 1.0
+    tol: float = 1e-6
+    maxiter: int = 10000
+    refine_tol: float = 1e-10
+    hessian: str = "auto"
+    maxstep: float = 1.0
+    memory: int = 10
+
+    def __post_init__(self) -> None:
+        if self.walkers < 1:
+            raise ValueError(f"walkers must be >= 1, got {self.walkers}")
+        if not self.temperature > 0 or not self.step > 0 or not self.tol > 0:
+            raise ValueError("temperature, step and tol must be > 0")
+        if not 0 < self.target_acceptance < 1:
+            raise ValueError(f"target_acceptance must be in (0, 1), got {self.target_acceptance}")
+        if not 0 < self.step_min <= self.step_max:
+            raise ValueError(f"need 0 < step_min <= step_max, got {self.step_min}, {self.step_max}")
+        if self.hessian not in HESSIAN_MODES:
+            raise ValueError(f"unknown hessian mode {self.hessian!r}: choose one of {', '.join(HESSIAN_MODES)}")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass
+class SampleResult:
+    """What a run did: its id in the database, its counters, and the database's totals."""
+
+    run: int
+    counters: dict
+    n_minima: int
+    lowest_energy: float
+    status: str
+
+
+class _Walkers:
+    """State of K walkers as arrays, plus one random stream each."""
+
+    def __init__(self, K: int, P: int, seed: int, settings: Settings):
+        self.rngs = [np.random.Generator(np.random.PCG64(s)) for s in np.random.SeedSequence(seed).spawn(K)]
+        self.x = np.zeros((K, P))
+        self.E = np.full(K, np.inf)
+        self.step = np.full(K, settings.step)
+        self.steps = np.zeros(K, np.int64)
+        self.acc = np.zeros(K, np.int64)  # acceptances since the last step adjustment
+        self.best = np.full(K, np.inf)
+        self.since_best = np.zeros(K, np.int64)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        rng = np.array([_pack_rng(r) for r in self.rngs], dtype=np.uint64)
+        return dict(x=self.x, energy=self.E, step=self.step, steps=self.steps, acc=self.acc, best=self.best,
+                    since_best=self.since_best, rng=rng)
+
+    def restore(self, a: dict[str, np.ndarray]) -> None:
+        for name in ("x", "step", "steps", "acc", "best", "since_best"):
+            getattr(self, name)[...] = a[name]
+        self.E[...] = a["energy"]
+        for r, packed in zip(self.rngs, a["rng"]):
+            _unpack_rng(r, packed)
+
+
+def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: int | None = None,
+           minutes: float | None = None, seed: int = 0, resume: bool = False, threads: int = 1,
+           progress: bool = True, command: str = "") -> SampleResult:
+    """Run basin-hopping on ``problem`` and store its minima in the database at ``path``.
+
+    Stops after ``steps`` basin-hopping steps per walker or ``minutes`` of wall time (whichever
+    comes first; one is required). ``resume`` continues the walkers of the file's last run.
+    """
+    if steps is None and minutes is None:
+        raise ValueError("give a budget: steps (per walker) or minutes")
+    if steps is not None and steps < 1 or minutes is not None and not minutes > 0:
+        raise ValueError("steps must be >= 1 and minutes > 0")
+    torch.set_num_threads(threads)
+    with Database(path, problem, mode="a") as db:
+        return _Sampler(db, problem, settings, steps, minutes, seed, resume, threads, progress, command).run()
+
+
+class _Sampler:
+    def __init__(self, db: Database, problem: Problem, s: Settings, steps: int | None, minutes: float | None,
+                 seed: int, resume: bool, threads: int, progress: bool, command: str):
+        self.db, self.s, self.steps, self.minutes, self.progress = db, s, steps, minutes, progress
+        self.energy: Energy = problem.energy(threads=threads)
+        self.groups = problem.model.unit_groups()
+        P = problem.model.n_params
+        self.P = P
+        self.hessian = s.hessian if s.hessian != "auto" else ("full" if P <= FULL_HESSIAN_MAX_P else "lanczos")
+        previous = db.runs()
+        K = s.walkers
+        if resume:
+            if not previous:
+                raise ValueError(f"{db.path} has no run to resume; drop --resume")
+            state = db.walker_state(previous[-1]["id"])
+            K = len(state["energy"])
+        self.K = K
+        self.walkers = _Walkers(K, P, seed, s)
+        if resume:
+            self.walkers.restore(state)
+        else:
+            for k, r in enumerate(self.walkers.rngs):
+                self.walkers.x[k] = r.normal(0.0, s.init_scale, P)
+        self.index = MinimaIndex(self.groups, fallback_curvature=2.0 * problem.lam)
+        m = db.minima()
+        for i in range(len(m)):
+            self.index.add(i, Point(float(m.energy[i]), m.coords[i], float(m.grad_rms[i]) * np.sqrt(P),
+                                    float(m.eigenvalues[i, 0])))
+        self.counters = dict.fromkeys(("steps", "quenches", "converged", "accepted", "new_minima", "saddles",
+                                       "refinements", "nfev"), 0)
+        shapes = {name: (a.shape, a.dtype) for name, a in self.walkers.arrays().items()}
+        params = {**asdict(s), "walkers": K, "steps": steps, "minutes": minutes, "threads": threads,
+                  "resume": resume, "energy_backend": self.energy.backend, "hessian_used": self.hessian}
+        self.run_id = db.start_run(command, seed, params, shapes)
+        self.opt = LBFGS(self.energy.energy_gradient, P, tol=s.tol, maxiter=s.maxiter, memory=s.memory,
+                         maxstep=s.maxstep)
+        self.pushes = np.zeros(K, np.int64)
+        self.refining = np.zeros(K, bool)
+
+    # -- main loop -----------------------------------------------------------------------------
+    def run(self) -> SampleResult:
+        s, w = self.s, self.walkers
+        t0, c0 = time.perf_counter(), time.process_time()
+        deadline = t0 + 60.0 * self.minutes if self.minutes is not None else math.inf
+        budget = self.steps if self.steps is not None else np.iinfo(np.int64).max
+        w.steps[:] = 0  # the step budget counts within this run
+        fresh = np.isinf(w.E)  # new walkers quench their random start; resumed ones take a step
+        self.opt.add(np.stack([w.x[k] if fresh[k] else self._perturb(k) for k in range(self.K)]), np.arange(self.K))
+        bar = _progress(self.progress, self.K * self.steps if self.steps else None)
+        status, last_save = "completed", time.perf_counter()
+        try:
+            while len(self.opt):
+                done = self.opt.step()
+                self.counters["nfev"] = self.energy.nfev
+                out_of_time = time.perf_counter() > deadline
+                for j in range(len(done)):
+                    k = int(done.tag[j])
+                    if self._finish_quench(k, done, j):  # True: the walker's step is complete
+                        w.steps[k] += 1
+                        self.counters["steps"] += 1
+                        bar.update(1)
+                        if w.steps[k] < budget and not out_of_time:
+                            self.opt.add(self._perturb(k)[None], np.array([k]))
+                if len(done):
+                    now = time.perf_counter()
+                    if now - last_save > 1.0:
+                        self._save(t0, c0)
+                        last_save = now
+                    self.db.flush()
+                    bar.set_postfix(minima=len(self.index), acc=f"{self._acceptance():.2f}",
+                                    q_per_s=f"{self.counters['quenches'] / max(now - t0, 1e-9):.0f}")
+                if out_of_time:
+                    status = "time budget reached"
+                    break
+        except KeyboardInterrupt:
+            status = "interrupted by user"
+        finally:
+            bar.close()
+            self._save(t0, c0)
+            self.db.end_run(self.run_id, status)
+        m = self.db.minima()
+        return SampleResult(self.run_id, dict(self.counters), len(m), float(m.energy.min()) if len(m) else math.nan,
+                            status)
+
+    def _acceptance(self) -> float:
+        return self.counters["accepted"] / max(1, self.counters["steps"])
+
+    def _save(self, t0: float, c0: float) -> None:
+        counters = {**self.counters, "cpu_seconds": time.process_time() - c0, "wall_seconds": time.perf_counter() - t0}
+        self.db.save_run_state(self.run_id, counters, self.walkers.arrays())
+        self.db.flush()
+
+    def _perturb(self, k: int) -> np.ndarray:
+        w = self.walkers
+        return w.x[k] + w.rngs[k].uniform(-w.step[k], w.step[k], self.P)
+
+    # -- one finished quench -------------------------------------------------------------------
+    def _finish_quench(self, k: int, r, j: int) -> bool:
+        """Identify / store a quench result and apply the Metropolis test. Returns False when the
+        walker continues the same step (a refinement, or a saddle pushed off and re-minimised)."""
+        s, w, c = self.s, self.walkers, self.counters
+        refining, self.refining[k] = self.refining[k], False
+        if not refining:
+            c["quenches"] += 1
+            c["converged"] += int(r.converged[j])
+        E = float(r.energy[j]) if r.converged[j] else math.inf  # an unconverged quench is no minimum
+        if r.converged[j]:
+            outcome = self._identify(k, r.x[j], E, float(r.grad_rms[j]), refining)
+            if outcome == "refine":
+                c["refinements"] += 1
+                self.refining[k] = True
+                self.opt.add(r.x[j][None], np.array([k]), tol=s.refine_tol)
+                return False
+            if outcome == "saddle":
+                c["saddles"] += 1
+                if self.pushes[k] < 3:
+                    self.pushes[k] += 1
+                    self.opt.add(self._pushed[None], np.array([k]))
+                    return False
+                E = math.inf
+        self.pushes[k] = 0
+        accept = E < w.E[k] or (math.isfinite(E) and w.rngs[k].random() < math.exp(-(E - w.E[k]) / s.temperature))
+        if accept:
+            w.x[k], w.E[k] = r.x[j], E
+            w.acc[k] += 1
+            c["accepted"] += 1
+        if E < w.best[k]:
+            w.best[k], w.since_best[k] = E, 0
+        else:
+            w.since_best[k] += 1
+        if s.adaptive and (w.steps[k] + 1) % s.adapt_every == 0:
+            ratio = w.acc[k] / s.adapt_every
+            f = 1.0 / s.adapt_factor if ratio > s.target_acceptance else s.adapt_factor
+            w.step[k] = min(s.step_max, max(s.step_min, w.step[k] * f))
+            w.acc[k] = 0
+        if w.since_best[k] >= s.reseed_after:  # stagnant: restart from fresh random weights
+            w.x[k] = w.rngs[k].normal(0.0, s.init_scale, self.P)
+            w.E[k], w.best[k], w.since_best[k] = math.inf, math.inf, 0
+            w.step[k] = s.step
+        return True
+
+    def _identify(self, walker: int, x: np.ndarray, E: float, grad_rms: float, refined: bool) -> str:
+        """'same' (a stored minimum found again: hits + 1, coordinates improved if this copy is
+        better converged), 'new' (stored), 'refine' (converge further before deciding) or 'saddle'."""
+        p = Point(E, x, grad_rms * np.sqrt(self.P))
+        m = self.index.match(p)
+        if m.same is not None:
+            self.db.add_hits(np.array([m.same]))
+            q = self.index.points[m.same]
+            if p.gnorm < q.gnorm:
+                y = align(q.x, x, self.groups)
+                self.db.update_minimum(m.same, E, y, grad_rms)
+                self.index.add(m.same, Point(E, y, p.gnorm, q.curvature))
+            return "same"
+        if grad_rms > self.s.refine_tol and not refined:
+            return "refine"
+        eig, vec = self._lowest_eigen(x)
+        if eig.size and eig[0] < -self._eig_tol():
+            self._pushed = x + 1e-2 * vec
+            return "saddle"
+        i = self.db.add_minimum(E, x, grad_rms, eig, (self.run_id, walker, int(self.walkers.steps[walker])))
+        self.index.add(i, Point(E, x, p.gnorm, float(eig[0]) if eig.size else math.nan))
+        self.counters["new_minima"] += 1
+        return "new"
+
+    def _eig_tol(self) -> float:
+        return 1e-6 * max(1.0, abs(self._lmax)) if self.hessian == "full" else 1e-6
+
+    def _lowest_eigen(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lowest Hessian eigenvalues (ascending) and the lowest one's unit eigenvector."""
+        if self.hessian == "none":
+            return np.array([]), np.zeros_like(x)
+        if self.hessian == "full":
+            lam, vec = np.linalg.eigh(self.energy.hessian(x))
+            self._lmax = lam[-1]
+            return lam[:3], vec[:, 0]
+        op = LinearOperator((self.P, self.P), matvec=lambda v: self.energy.hvp(x, v.ravel())[0], dtype=np.float64)
+        lam, vec = eigsh(op, k=3, which="SA", tol=1e-8, v0=np.ones(self.P))
+        order = np.argsort(lam)
+        return lam[order], vec[:, order[0]]
+
+
+def _progress(enabled: bool, total: int | None):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="step", desc="basin-hopping", leave=True)
+
+
+def _pack_rng(r: np.random.Generator) -> list[int]:
+    st = r.bit_generator.state
+    m = (1 << 64) - 1
+    a, b = st["state"]["state"], st["state"]["inc"]
+    return [a >> 64, a & m, b >> 64, b & m, st["has_uint32"], st["uinteger"]]
+
+
+def _unpack_rng(r: np.random.Generator, p: np.ndarray) -> None:
+    p = [int(v) for v in p]
+    r.bit_generator.state = {"bit_generator": "PCG64", "state": {"state": (p[0] << 64) | p[1],
+                                                                 "inc": (p[2] << 64) | p[3]},
+                             "has_uint32": p[4], "uinteger": p[5]}

@@ -1,0 +1,194 @@
+"""The ``landscape`` command: a thin face over the Python API (parse, call, print).
+
+    landscape sample  DB [--config runs/iris.toml] [problem options] [sampler options]
+    landscape inspect DB [--json] [--lowest N]
+
+Errors are one line on stderr with exit status 2; nothing already in the database is lost.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import tomllib
+from dataclasses import fields
+
+import numpy as np
+
+from .basinhopping import HESSIAN_MODES, Settings, sample
+from .data import SCALINGS, SOURCES, DataSpec
+from .database import Database, DatabaseError
+from .models import ACTIVATIONS
+from .problem import ARCHITECTURES, Problem
+
+PROBLEM_KEYS = ("data", "data_path", "label_column", "scaling", "test_fraction", "split_seed", "limit", "arch",
+                "hidden", "channels", "activation", "bias", "lam")
+SAMPLER_KEYS = tuple(f.name for f in fields(Settings))
+RUN_KEYS = ("steps", "minutes", "seed", "threads")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise SystemExit(_fail(f"{message} (see {self.prog} --help)"))
+
+
+def _fail(message: str) -> int:
+    print(f"landscape: error: {message}", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="landscape", description="Explore the energy landscape of a neural-network loss.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("sample", help="basin-hopping: collect minima into an HDF5 database")
+    s.add_argument("db", help="database file (created if missing)")
+    s.add_argument("--config", help="TOML file with [problem] and [sample] tables (command-line options win)")
+    g = s.add_argument_group("problem (default: iris, one hidden layer of 5 tanh units, lam 1e-4)")
+    g.add_argument("--data", choices=SOURCES)
+    g.add_argument("--data-path", dest="data_path", help="file or directory for csv / npz / mnist data")
+    g.add_argument("--label-column", dest="label_column")
+    g.add_argument("--scaling", choices=SCALINGS)
+    g.add_argument("--test-fraction", dest="test_fraction", type=float)
+    g.add_argument("--split-seed", dest="split_seed", type=int)
+    g.add_argument("--limit", type=int, help="use only the first N samples")
+    g.add_argument("--arch", choices=ARCHITECTURES)
+    g.add_argument("--hidden", type=int, nargs="+", help="hidden-layer widths of the MLP")
+    g.add_argument("--channels", type=int, nargs="+", help="convolution channels of the CNN")
+    g.add_argument("--activation", choices=tuple(ACTIVATIONS))
+    g.add_argument("--no-bias", dest="bias", action="store_const", const=False)
+    g.add_argument("--lam", type=float, help="L2 coefficient (> 0)")
+    h = s.add_argument_group("sampler (defaults: landscape.Settings)")
+    h.add_argument("--walkers", type=int)
+    h.add_argument("--temperature", type=float)
+    h.add_argument("--step", type=float, help="initial step: max displacement per coordinate")
+    h.add_argument("--fixed-step", dest="adaptive", action="store_const", const=False)
+    h.add_argument("--target-acceptance", dest="target_acceptance", type=float)
+    h.add_argument("--tol", type=float, help="RMS-gradient convergence of quenches")
+    h.add_argument("--hessian", choices=HESSIAN_MODES)
+    r = s.add_argument_group("run")
+    r.add_argument("--steps", type=int, help="basin-hopping steps per walker")
+    r.add_argument("--minutes", type=float, help="wall-time budget")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--threads", type=int)
+    r.add_argument("--resume", action="store_true", help="continue the walkers of the last run")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    i = sub.add_parser("inspect", help="what is in a database")
+    i.add_argument("db")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--lowest", type=int, default=10, help="how many of the lowest minima to list (default 10)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "sample":
+            return _sample(args, "landscape " + shlex.join(argv))
+        return _inspect(args)
+    except (ValueError, FileNotFoundError, DatabaseError, OSError, tomllib.TOMLDecodeError) as e:
+        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def _read_config(path: str) -> tuple[dict, dict]:
+    with open(path, "rb") as f:
+        cfg = tomllib.load(f)
+    allowed = {"problem": PROBLEM_KEYS, "sample": SAMPLER_KEYS + RUN_KEYS}
+    for table, values in cfg.items():
+        if table not in allowed or not isinstance(values, dict):
+            raise ValueError(f"{path}: unknown table [{table}]; use [problem] and [sample]")
+        for key in values:
+            if key not in allowed[table]:
+                raise ValueError(f"{path}: unknown key {key!r} in [{table}]; allowed: {', '.join(allowed[table])}")
+    return cfg.get("problem", {}), cfg.get("sample", {})
+
+
+def _sample(args: argparse.Namespace, command: str) -> int:
+    cfg_problem, cfg_sample = _read_config(args.config) if args.config else ({}, {})
+    given = {k: getattr(args, k) for k in PROBLEM_KEYS if getattr(args, k) is not None}
+    prob_opts = {**cfg_problem, **given}
+    run_opts = {**cfg_sample, **{k: getattr(args, k) for k in SAMPLER_KEYS + RUN_KEYS
+                                 if getattr(args, k, None) is not None}}
+    if not prob_opts and os.path.exists(args.db):
+        with Database(args.db) as db:  # append to the file's own problem
+            problem = db.problem
+    else:
+        problem = _problem(prob_opts)
+    settings = Settings(**{k: run_opts[k] for k in SAMPLER_KEYS if k in run_opts})
+    steps, minutes = run_opts.get("steps"), run_opts.get("minutes")
+    if steps is None and minutes is None:
+        raise ValueError("give a budget: --steps N (per walker) or --minutes M")
+    res = sample(problem, args.db, settings, steps=steps, minutes=minutes, seed=run_opts.get("seed", 0),
+                 resume=args.resume, threads=run_opts.get("threads", 1), progress=not args.quiet, command=command)
+    c = res.counters
+    print(f"run {res.run} ({res.status}): {c['steps']} steps, {c['quenches']} quenches "
+          f"({c['converged']} converged), {c['new_minima']} new minima, acceptance "
+          f"{c['accepted'] / max(1, c['steps']):.2f}; {args.db} now holds {res.n_minima} minima, "
+          f"lowest E = {res.lowest_energy:.10g}")
+    return 0
+
+
+def _problem(o: dict) -> Problem:
+    data_fields = {"data_path": "path", "label_column": "label_column", "scaling": "scaling",
+                   "test_fraction": "test_fraction", "split_seed": "split_seed", "limit": "limit"}
+    spec = DataSpec(name=o.get("data", "iris"), **{v: o[k] for k, v in data_fields.items() if k in o})
+    return Problem.create(spec, hidden=tuple(o.get("hidden", (5,))), activation=o.get("activation", "tanh"),
+                          bias=o.get("bias", True), arch=o.get("arch", "mlp"), channels=tuple(o.get("channels", (8,))),
+                          lam=o.get("lam", 1e-4))
+
+
+def summary(db: Database, lowest: int = 10) -> dict:
+    """What a database holds, as plain data (the ``inspect`` command prints this)."""
+    m = db.minima()
+    order = np.argsort(m.energy)[:lowest]
+    return {
+        "path": db.path,
+        "problem": db.problem.to_dict(),
+        "n_params": db.problem.model.n_params,
+        "n_minima": len(m),
+        "total_hits": int(m.hits.sum()),
+        "lowest": [{"id": int(i), "energy": float(m.energy[i]), "grad_rms": float(m.grad_rms[i]),
+                    "hits": int(m.hits[i]), "lowest_eigenvalue": _nan_none(m.eigenvalues[i, 0]),
+                    "first_found": [int(v) for v in m.first_found[i]]} for i in order],
+        "runs": db.runs(),
+    }
+
+
+def _nan_none(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    with Database(args.db) as db:
+        s = summary(db, args.lowest)
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    p = s["problem"]
+    model = p["model"]
+    arch = (f"MLP {'-'.join(map(str, model['widths']))} ({model['activation']}, bias {model['bias']})"
+            if model["kind"] == "mlp" else f"CNN channels {model['channels']} ({model['activation']})")
+    print(f"{s['path']}: {arch}, {s['n_params']} parameters, data {p['data']['name']} "
+          f"(test fraction {p['data']['test_fraction']}, sha256 {p['data_sha256'][:12]}), lam {p['lam']}")
+    print(f"{s['n_minima']} minima, found {s['total_hits']} times")
+    if s["lowest"]:
+        print(f"{'id':>6} {'energy':>18} {'grad_rms':>10} {'hits':>6} {'lowest eig':>11}  first found (run, walker, step)")
+        for r in s["lowest"]:
+            eig = "-" if r["lowest_eigenvalue"] is None else f"{r['lowest_eigenvalue']:.3e}"
+            print(f"{r['id']:>6} {r['energy']:>18.12f} {r['grad_rms']:>10.2e} {r['hits']:>6} {eig:>11}  "
+                  f"{tuple(r['first_found'])}")
+    for r in s["runs"]:
+        c = r["counters"]
+        print(f"run {r['id']}: {r['status']}; {r['started']} -> {r['ended'] or '?'}; seed {r['seed']}; "
+              f"{int(c['steps'])} steps, {int(c['quenches'])} quenches, {int(c['new_minima'])} new minima, "
+              f"{c['cpu_seconds']:.1f} CPU-s; {r['command']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""The HDF5 database of a landscape (h5py): the only module that reads or writes the file.
+
+Layout (schema version 1; every group and dataset carries a ``description`` attribute)::
+
+    /                      attrs: format, schema_version, created_by, created
+    /problem               attrs: problem (JSON: data spec, model spec, lam, data hash), layout
+                           (JSON: flat-parameter blocks), dataset (JSON: what was loaded), energy
+    /minima/energy         (N,)   float64  E at the stored coordinates
+    /minima/coords         (N, P) float64  flat parameter vectors (layout in /problem)
+    /minima/grad_rms       (N,)   float64  ||grad E|| / sqrt(P) at coords
+    /minima/eigenvalues    (N, k) float64  lowest Hessian eigenvalues, ascending
+    /minima/hits           (N,)   int64    how often a quench found this minimum
+    /minima/first_found    (N, 3) int64    (run, walker, step) of the first find
+    /runs/<id>             attrs: command, seed, parameters (JSON), started, ended, status
+    /runs/<id>/counters    (C,)   float64  names in attr 'names'
+    /runs/<id>/walkers/*   walker state that --resume continues from
+
+Sampling runs write in HDF5's single-writer/multiple-reader mode (SWMR), whose ordered
+writes keep the file readable at every moment, and flush after every batch of reported
+minima: a killed run leaves a file holding everything it had reported. Commands that only
+read open the file read-only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .problem import Problem
+
+FORMAT = "landscape"
+SCHEMA_VERSION = 1
+N_EIGENVALUES = 3
+COUNTERS = ("steps", "quenches", "converged", "accepted", "new_minima", "saddles", "refinements", "nfev",
+            "cpu_seconds", "wall_seconds")
+
+_MINIMA = {  # name: (dtype, trailing shape or 'P', description)
+    "energy": ("f8", (), "energy E(w): mean cross-entropy over the training split + lam*||w||^2 (nats)"),
+    "coords": ("f8", "P", "flat parameter vector w of the minimum (layout: /problem attribute 'layout')"),
+    "grad_rms": ("f8", (), "RMS gradient ||grad E||/sqrt(P) at coords (nats per parameter unit)"),
+    "eigenvalues": ("f8", (N_EIGENVALUES,), "lowest Hessian eigenvalues at coords, ascending (NaN: not computed)"),
+    "hits": ("i8", (), "number of quenches that ended in this minimum"),
+    "first_found": ("i8", (3,), "(run, walker, step) of the quench that first found this minimum"),
+}
+
+
+class DatabaseError(ValueError):
+    """A database that cannot be used as asked (wrong file, other problem, corrupt)."""
+
+
+@dataclass
+class Minima:
+    """All stored minima as arrays (N rows; see the module docstring for units)."""
+
+    energy: np.ndarray
+    coords: np.ndarray
+    grad_rms: np.ndarray
+    eigenvalues: np.ndarray
+    hits: np.ndarray
+    first_found: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.energy)
+
+
+class Database:
+    """An open landscape database. ``Database(path)`` opens read-only; ``Database(path, problem=p,
+    mode='a')`` creates the file for ``p`` or opens it for appending, refusing a file made for a
+    different problem. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike, problem: Problem | None = None, mode: str = "r"):
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+        self.path = os.fspath(path)
+        exists = os.path.exists(self.path)
+        if mode == "r" and not exists:
+            raise DatabaseError(f"{self.path}: no such database")
+        if exists and not h5py.is_hdf5(self.path):
+            raise DatabaseError(f"{self.path}: not an HDF5 file; give a new path or a landscape database")
+        if exists and mode == "a":  # validate read-only first, so a refused file is left untouched
+            Database(self.path, problem, "r").close()
+        self.f = _open(self.path, mode)
+        self.writable = mode == "a"
+        try:
+            if exists and (len(self.f.keys()) > 0 or mode == "r"):
+                self._check_format()
+                if problem is not None and problem.to_dict() != self.problem.to_dict():
+                    raise DatabaseError(f"{self.path} holds a different problem ({_diff(self.problem, problem)}); "
+                                        "use a new database file for this one")
+            elif problem is None:
+                raise DatabaseError(f"{self.path}: empty file; a problem is needed to create a database")
+            else:
+                self._create(problem)
+        except Exception:
+            self.f.close()
+            raise
+
+    # -- structure -----------------------------------------------------------------------------
+    def _create(self, problem: Problem) -> None:
+        f = self.f
+        f.attrs.update(format=FORMAT, schema_version=SCHEMA_VERSION, created_by=f"landscape {__version__}",
+                       created=_now(), description="minima of a neural-network loss landscape; see /problem")
+        pg = f.create_group("problem")
+        pg.attrs.update(
+            problem=problem.to_json(),
+            layout=json.dumps([{"name": b.name, "shape": list(b.shape), "offset": b.offset}
+                               for b in problem.model.blocks()]),
+            dataset=json.dumps(problem.dataset().describe()),
+            n_params=problem.model.n_params, lam=problem.lam, dtype=problem.dtype,
+            energy="E(w) = mean softmax cross-entropy over the training split + lam * sum(w**2), float64",
+            description="how to rebuild the network and the energy: landscape.Problem.from_json(attrs['problem'])")
+        mg = f.create_group("minima")
+        mg.attrs["description"] = "distinct minima, one row per minimum, in order of discovery"
+        P = problem.model.n_params
+        for name, (dt, shape, desc) in _MINIMA.items():
+            shape = (P,) if shape == "P" else shape
+            ds = mg.create_dataset(name, (0, *shape), maxshape=(None, *shape), dtype=dt,
+                                   chunks=(max(1, min(256, 65536 // (8 * max(1, int(np.prod(shape)))))), *shape))
+            ds.attrs["description"] = desc
+        f.create_group("runs").attrs["description"] = "one group per sampling run, named by its number"
+        f.flush()
+
+    def _check_format(self) -> None:
+        a = self.f.attrs
+        if a.get("format") != FORMAT or "problem" not in self.f:
+            raise DatabaseError(f"{self.path}: an HDF5 file, but not a landscape database")
+        if int(a.get("schema_version", -1)) != SCHEMA_VERSION:
+            raise DatabaseError(f"{self.path}: schema version {a.get('schema_version')} (this landscape reads "
+                                f"{SCHEMA_VERSION})")
+
+    @property
+    def problem(self) -> Problem:
+        return Problem.from_json(self.f["problem"].attrs["problem"])
+
+    # -- minima --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.f["minima/energy"].shape[0]
+
+    def minima(self) -> Minima:
+        g = self.f["minima"]
+        return Minima(**{name: g[name][()] for name in _MINIMA})
+
+    def add_minimum(self, energy: float, coords: np.ndarray, grad_rms: float, eigenvalues: np.ndarray,
+                    first_found: tuple[int, int, int]) -> int:
+        """Append a new minimum (hits = 1); returns its id (row)."""
+        g = self.f["minima"]
+        n = len(self)
+        row = dict(energy=energy, coords=coords, grad_rms=grad_rms, eigenvalues=_pad(eigenvalues), hits=1,
+                   first_found=first_found)
+        for name, value in row.items():
+            ds = g[name]
+            ds.resize(n + 1, axis=0)
+            ds[n] = value
+        return n
+
+    def update_minimum(self, id_: int, energy: float, coords: np.ndarray, grad_rms: float) -> None:
+        """Replace a minimum's point by a better-converged copy; hits and provenance are kept."""
+        g = self.f["minima"]
+        for name, value in dict(energy=energy, coords=coords, grad_rms=grad_rms).items():
+            g[name][id_] = value
+
+    def add_hits(self, ids: np.ndarray) -> None:
+        """Count one more find of each id in ``ids`` (repeats allowed)."""
+        if len(ids):
+            u, c = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
+            h = self.f["minima/hits"]
+            for i, k in zip(u, c):
+                h[i] = h[i] + k
+
+    # -- runs ----------------------------------------------------------------------------------
+    def start_run(self, command: str, seed: int, parameters: dict, walker_shapes: dict[str, tuple]) -> int:
+        """Open a new run group and allocate its walker-state datasets; returns the run id.
+        Afterwards the file is in SWMR mode: minima and walker state can be written, nothing created."""
+        runs = self.f["runs"]
+        rid = len(runs)
+        g = runs.create_group(str(rid))
+        g.attrs.update(command=command, seed=seed, parameters=json.dumps(parameters, sort_keys=True),
+                       started=_now(), status="running (or interrupted, if no 'ended' attribute)",
+                       description="one invocation of landscape sample")
+        c = g.create_dataset("counters", data=np.zeros(len(COUNTERS)))
+        c.attrs.update(names=json.dumps(COUNTERS), description="running totals of this run, in order of 'names'")
+        wg = g.create_group("walkers")
+        wg.attrs["description"] = "state of each walker at the last flush, for --resume"
+        for name, (shape, dt) in walker_shapes.items():
+            wg.create_dataset(name, shape, dtype=dt)
+        self.f.flush()
+        self.f.swmr_mode = True
+        return rid
+
+    def save_run_state(self, rid: int, counters: dict, walkers: dict[str, np.ndarray]) -> None:
+        g = self.f[f"runs/{rid}"]
+        g["counters"][:] = [float(counters.get(k, 0)) for k in COUNTERS]
+        for name, value in walkers.items():
+            g["walkers"][name][...] = value
+
+    def end_run(self, rid: int, status: str) -> None:
+        """Close SWMR mode (reopening the file) and stamp the run's end."""
+        self.f.close()
+        self.f = _open(self.path, "a")
+        self.f[f"runs/{rid}"].attrs.update(ended=_now(), status=status)
+        self.f.flush()
+
+    def runs(self) -> list[dict]:
+        out = []
+        for rid in sorted(self.f["runs"], key=int):
+            g = self.f[f"runs/{rid}"]
+            a = dict(g.attrs)
+            counters = dict(zip(json.loads(g["counters"].attrs["names"]), g["counters"][()].tolist()))
+            out.append({"id": int(rid), "command": a.get("command"), "seed": int(a.get("seed", -1)),
+                        "parameters": json.loads(a.get("parameters", "{}")), "started": a.get("started"),
+                        "ended": a.get("ended"), "status": a.get("status"), "counters": counters})
+        return out
+
+    def walker_state(self, rid: int) -> dict[str, np.ndarray]:
+        return {k: v[()] for k, v in self.f[f"runs/{rid}/walkers"].items()}
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open(path: str, mode: str) -> h5py.File:
+    """Open read-only (as an SWMR reader, which also reads the file of a killed run) or for
+    appending; a file left marked 'open for writing' by a killed run is recovered when no live
+    process holds it."""
+    try:
+        if mode == "r":
+            return h5py.File(path, "r", libver=("v110", "v110"), swmr=True)
+        return h5py.File(path, "a", libver=("v110", "v110"))
+    except OSError as e:
+        if mode == "a" and "already open for write" in str(e) and not _locked(path):
+            _clear_write_flags(path)
+            return h5py.File(path, "a", libver=("v110", "v110"))
+        raise DatabaseError(f"{path}: cannot open ({e}); is another process writing it?") from None
+
+
+def _locked(path: str) -> bool:
+    """Whether another process holds the file (HDF5 locks files it opens with flock)."""
+    import fcntl
+
+    with open(path, "rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def _clear_write_flags(path: str) -> None:
+    """Clear the superblock's file-consistency flags (what ``h5clear -s`` does) of a file whose
+    writer was killed. Superblock v2/v3: flags at byte 11, Jenkins lookup3 checksum of bytes
+    0..43 at byte 44 (8-byte offsets); the stored checksum is verified before anything is written."""
+    with open(path, "r+b") as fh:
+        sb = bytearray(fh.read(48))
+        ok = (sb[:8] == b"\x89HDF\r\n\x1a\n" and sb[8] in (2, 3) and sb[9] == 8
+              and int.from_bytes(sb[44:48], "little") == _lookup3(bytes(sb[:44])))
+        if not ok:
+            raise DatabaseError(f"{path}: marked open for writing and its superblock is not one this tool can "
+                                "recover; run 'h5clear -s' on it")
+        sb[11] = 0
+        sb[44:48] = _lookup3(bytes(sb[:44])).to_bytes(4, "little")
+        fh.seek(0)
+        fh.write(sb)
+
+
+def _lookup3(data: bytes, initval: int = 0) -> int:
+    """Bob Jenkins' lookup3 ``hashlittle``, HDF5's metadata checksum."""
+    M = 0xFFFFFFFF
+
+    def rot(x: int, k: int) -> int:
+        return ((x << k) | (x >> (32 - k))) & M
+
+    n = len(data)
+    a = b = c = (0xDEADBEEF + n + initval) & M
+    i = 0
+    while n - i > 12:
+        a = (a + int.from_bytes(data[i:i + 4], "little")) & M
+        b = (b + int.from_bytes(data[i + 4:i + 8], "little")) & M
+        c = (c + int.from_bytes(data[i + 8:i + 12], "little")) & M
+        a = (a - c) & M; a ^= rot(c, 4); c = (c + b) & M  # noqa: E702
+        b = (b - a) & M; b ^= rot(a, 6); a = (a + c) & M  # noqa: E702
+        c = (c - b) & M; c ^= rot(b, 8); b = (b + a) & M  # noqa: E702
+        a = (a - c) & M; a ^= rot(c, 16); c = (c + b) & M  # noqa: E702
+        b = (b - a) & M; b ^= rot(a, 19); a = (a + c) & M  # noqa: E702
+        c = (c - b) & M; c ^= rot(b, 4); b = (b + a) & M  # noqa: E702
+        i += 12
+    if n - i == 0:
+        return c
+    tail = data[i:] + bytes(12 - (n - i))
+    a = (a + int.from_bytes(tail[0:4], "little")) & M
+    b = (b + int.from_bytes(tail[4:8], "little")) & M
+    c = (c + int.from_bytes(tail[8:12], "little")) & M
+    c ^= b; c = (c - rot(b, 14)) & M  # noqa: E702
+    a ^= c; a = (a - rot(c, 11)) & M  # noqa: E702
+    b ^= a; b = (b - rot(a, 25)) & M  # noqa: E702
+    c ^= b; c = (c - rot(b, 16)) & M  # noqa: E702
+    a ^= c; a = (a - rot(c, 4)) & M  # noqa: E702
+    b ^= a; b = (b - rot(a, 14)) & M  # noqa: E702
+    c ^= b; c = (c - rot(b, 24)) & M  # noqa: E702
+    return c
+
+
+def _pad(eig: np.ndarray) -> np.ndarray:
+    out = np.full(N_EIGENVALUES, np.nan)
+    eig = np.asarray(eig, dtype=float).ravel()[:N_EIGENVALUES]
+    out[: len(eig)] = eig
+    return out
+
+
+def _diff(a: Problem, b: Problem) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    keys = [k for k in da if da[k] != db.get(k)]
+    return "; ".join(f"{k}: file {json.dumps(da[k])} vs asked {json.dumps(db.get(k))}" for k in keys)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,121 @@
+"""The loss of a network as a potential energy over its weights, batched over walkers.
+
+E(w) = mean over the N training samples of the softmax cross-entropy of the logits
+       + lam * ||w||^2 over all parameters (biases included),
+the convention of the GMIN/OPTIM MLP potential. Arrays in and out are NumPy float64:
+``w`` of shape (K, P) (or (P,), treated as K = 1), energies (K,), gradients (K, P).
+
+lam must be > 0: adding one vector to every class's output weights (and one number to every
+output bias) leaves the cross-entropy unchanged, so with lam = 0 no minimum is isolated.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from . import kernel
+from .models import MLP, Model
+
+BACKENDS = ("auto", "autograd", "kernel")
+
+
+class Energy:
+    """E, its gradient, Hessian-vector products and Hessian for one model and data set.
+
+    ``backend``: 'kernel' (compiled fused MLP kernel, :mod:`landscape.kernel`), 'autograd'
+    (torch autograd on the batched forward pass; any model), or 'auto' (the kernel for an MLP
+    where it builds, else autograd). ``threads`` is the kernel's thread count (default 1).
+    ``nfev`` counts single-network energy+gradient evaluations (a call on K walkers adds K).
+    """
+
+    def __init__(self, model: Model, X: np.ndarray, y: np.ndarray, lam: float = 1e-4,
+                 backend: str = "auto", threads: int = 1):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown energy backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+            raise ValueError(f"lam must be a finite number > 0 (got {lam!r}): with lam = 0 adding one vector to "
+                             "every class's output weights leaves the loss unchanged, so no minimum is isolated")
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        y = np.asarray(y)
+        if X.ndim != 2 or X.shape[1] != model.n_inputs:
+            raise ValueError(f"X must have shape (N, {model.n_inputs}) for this model, got {X.shape}")
+        if y.shape != (X.shape[0],):
+            raise ValueError(f"y must have shape ({X.shape[0]},) to match X, got {y.shape}")
+        if not np.all(np.isfinite(X)):
+            raise ValueError("X contains NaN or infinite values")
+        n_classes = model.widths[-1] if isinstance(model, MLP) else model.n_classes
+        if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= n_classes):
+            raise ValueError(f"y must hold integer class indices in [0, {n_classes}); got {y.dtype} "
+                             f"in [{y.min()}, {y.max()}]")
+        self.model, self.lam, self.n_params = model, float(lam), model.n_params
+        self.X, self.y = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+        self.nfev = 0
+        self._kernel = None
+        if backend != "autograd" and isinstance(model, MLP) and kernel.available():
+            self._kernel = kernel.MLPKernel(model.widths, model.activation, model.bias, X, y, lam, threads=threads)
+        elif backend == "kernel":
+            reason = "the kernel covers MLPs only" if not isinstance(model, MLP) else kernel.unavailable_reason()
+            raise ValueError(f"energy backend 'kernel' is not available: {reason}")
+        self.backend = "kernel" if self._kernel is not None else "autograd"
+
+    def _batch(self, w: np.ndarray) -> np.ndarray:
+        w = np.asarray(w, dtype=np.float64)
+        if w.ndim == 1:
+            w = w[None]
+        if w.ndim != 2 or w.shape[1] != self.n_params:
+            raise ValueError(f"w must have shape (K, {self.n_params}) or ({self.n_params},), got {w.shape}")
+        return np.ascontiguousarray(w)
+
+    def energy_t(self, w: torch.Tensor) -> torch.Tensor:
+        """Differentiable energies (K,) of a torch batch ``w`` (K, P)."""
+        logits = self.model.forward(w, self.X)
+        K, N, C = logits.shape
+        ce = F.cross_entropy(logits.reshape(K * N, C), self.y.repeat(K), reduction="none").reshape(K, N)
+        return ce.mean(1) + self.lam * (w * w).sum(1)
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        """Energies (K,)."""
+        return self.energy_gradient(w)[0]
+
+    def energy_gradient(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Energies (K,) and gradients (K, P) of ``w`` (K, P)."""
+        w = self._batch(w)
+        self.nfev += w.shape[0]
+        if self._kernel is not None:
+            return self._kernel.energy_gradient(w)
+        wt = torch.from_numpy(w).clone().requires_grad_(True)
+        E = self.energy_t(wt)
+        (G,) = torch.autograd.grad(E.sum(), wt)
+        return E.detach().numpy(), G.numpy()
+
+    def hvp(self, w: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Hessian-vector products (K, P): H(w_k) v_k for ``w`` and ``v`` of shape (K, P)."""
+        w, v = self._batch(w), self._batch(v)
+        if v.shape != w.shape:
+            raise ValueError(f"v must have the shape of w {w.shape}, got {v.shape}")
+        wt = torch.from_numpy(w).clone().requires_grad_(True)
+        (G,) = torch.autograd.grad(self.energy_t(wt).sum(), wt, create_graph=True)
+        (Hv,) = torch.autograd.grad((G * torch.from_numpy(v)).sum(), wt)
+        return Hv.numpy()
+
+    def hessian(self, w: np.ndarray, chunk: int = 64) -> np.ndarray:
+        """The full symmetric Hessian (P, P) at one point ``w`` (P,); ``chunk`` columns at a time."""
+        w = self._batch(w)
+        if w.shape[0] != 1:
+            raise ValueError("hessian takes a single point w of shape (P,)")
+        P = self.n_params
+        H = np.empty((P, P))
+        eye = np.eye(P)
+        for a in range(0, P, chunk):
+            b = min(P, a + chunk)
+            H[a:b] = self.hvp(np.repeat(w, b - a, axis=0), eye[a:b])
+        return 0.5 * (H + H.T)
+
+
+def rms(g: np.ndarray) -> np.ndarray:
+    """Root-mean-square of each row of ``g`` (K, P) -> (K,): ||g|| / sqrt(P)."""
+    g = np.atleast_2d(g)
+    return np.sqrt(np.einsum("kp,kp->k", g, g) / g.shape[1])

@@ -1,0 +1,228 @@
+"""L-BFGS over K independent problems at once, each with its own memory and step control.
+
+Convergence is on the RMS gradient, ||g|| / sqrt(P) <= ``tol`` (default 1e-6; use 1e-10 for
+tight refinement), in float64. Each iteration of each problem takes the L-BFGS direction (the
+two-loop recursion over its last ``memory`` steps, initial inverse Hessian s.y / y.y), caps the
+step at ``maxstep`` (Euclidean norm over all P coordinates) and halves it until the energy does
+not rise by more than ``rise_tol * max(1, |E|)`` (at most ``max_halvings`` times; then the memory
+is reset and the problem restarts from steepest descent). Problems that converge, exhaust
+``maxiter`` or hit a non-finite energy leave the batch at once; :class:`LBFGS` takes new work
+into free slots, so one slow problem never holds K-1 idle.
+
+``fun(x)`` must map a batch ``x`` (k, P) to energies (k,) and gradients (k, P); an
+:class:`landscape.energy.Energy` does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+EnergyGradient = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+CONVERGED, MAXITER, NONFINITE, STUCK = "converged", "maxiter", "non-finite energy", "line search failed"
+
+
+@dataclass
+class MinimizeResult:
+    """Per-problem outcome of a batch minimisation (arrays of length K unless stated).
+
+    ``x`` (K, P) final points; ``energy``; ``grad_rms`` (RMS gradient at ``x``); ``converged``
+    (bool: grad_rms <= tol; anything else is *not* a minimum); ``status`` (one of 'converged',
+    'maxiter', 'non-finite energy', 'line search failed'); ``nit`` iterations; ``nfev``
+    energy+gradient evaluations; ``tag`` the caller's label of each problem.
+    """
+
+    x: np.ndarray
+    energy: np.ndarray
+    grad_rms: np.ndarray
+    converged: np.ndarray
+    status: np.ndarray
+    nit: np.ndarray
+    nfev: np.ndarray
+    tag: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.energy)
+
+
+class LBFGS:
+    """A batch of L-BFGS minimisations advanced together; see the module docstring.
+
+    ``add(x, tags)`` starts problems; ``step()`` advances every running problem by one
+    iteration and returns those that finished (a :class:`MinimizeResult`, possibly empty).
+    Defaults: tol 1e-6, maxiter 10000, memory 10, maxstep 1.0, rise_tol 1e-10, max_halvings 10,
+    first step ``h0`` = 0.1 times the gradient.
+    """
+
+    def __init__(self, fun: EnergyGradient, n_params: int, tol: float = 1e-6, maxiter: int = 10000,
+                 memory: int = 10, maxstep: float = 1.0, rise_tol: float = 1e-10, max_halvings: int = 10,
+                 h0: float = 0.1):
+        if not tol > 0:
+            raise ValueError(f"tol must be > 0, got {tol}")
+        if memory < 1 or maxiter < 1 or not maxstep > 0:
+            raise ValueError("memory and maxiter must be >= 1 and maxstep > 0")
+        self.fun, self.P, self.tol, self.maxiter = fun, int(n_params), float(tol), int(maxiter)
+        self.M, self.maxstep, self.rise_tol, self.max_halvings, self.h0 = memory, maxstep, rise_tol, max_halvings, h0
+        self._alloc(0)
+        self.head = 0  # ring position of the newest (s, y) pair, shared by all slots
+
+    def _alloc(self, cap: int) -> None:
+        P, M = self.P, self.M
+        self.x, self.g, self.E = np.zeros((cap, P)), np.zeros((cap, P)), np.zeros(cap)
+        self.S, self.Y, self.rho = np.zeros((M, cap, P)), np.zeros((M, cap, P)), np.zeros((M, cap))
+        self.gamma = np.zeros(cap)
+        self.nit, self.nfev = np.zeros(cap, np.int64), np.zeros(cap, np.int64)
+        self.fails, self.tag = np.zeros(cap, np.int64), np.zeros(cap, np.int64)
+        self.active = np.zeros(cap, bool)
+        self.tolv = np.zeros(cap)
+
+    def __len__(self) -> int:
+        return int(self.active.sum())
+
+    def _grow(self, need: int) -> None:
+        """Make room for ``need`` more problems, compacting running ones to the front."""
+        keep = np.flatnonzero(self.active)
+        cap = max(len(keep) + need, 2 * len(keep))
+        old = (self.x, self.g, self.E, self.S, self.Y, self.rho, self.gamma, self.nit, self.nfev, self.fails, self.tag)
+        tolv = self.tolv
+        self._alloc(cap)
+        n = len(keep)
+        for new, o in zip((self.x, self.g, self.E, self.gamma, self.nit, self.nfev, self.fails, self.tag, self.tolv),
+                          (old[0], old[1], old[2], old[6], old[7], old[8], old[9], old[10], tolv)):
+            new[:n] = o[keep]
+        self.S[:, :n], self.Y[:, :n], self.rho[:, :n] = old[3][:, keep], old[4][:, keep], old[5][:, keep]
+        self.active[:n] = True
+
+    def add(self, x: np.ndarray, tags: np.ndarray | None = None, tol: float | None = None) -> None:
+        """Start minimisations from the rows of ``x`` (k, P); ``tags`` (k,) label them (default 0..k-1);
+        ``tol`` overrides the batch's RMS-gradient tolerance for these problems."""
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        if x.shape[1] != self.P:
+            raise ValueError(f"starting points must have shape (k, {self.P}), got {x.shape}")
+        k = len(x)
+        tags = np.arange(k) if tags is None else np.asarray(tags)
+        free = np.flatnonzero(~self.active)
+        if len(free) < k:
+            self._grow(k - len(free))
+            free = np.flatnonzero(~self.active)
+        slot = free[:k]
+        E, G = self.fun(x)
+        self.x[slot], self.E[slot], self.g[slot] = x, E, G
+        self.rho[:, slot] = 0.0
+        self.gamma[slot] = self.h0
+        self.nit[slot], self.nfev[slot], self.fails[slot], self.tag[slot] = 0, 1, 0, tags
+        self.tolv[slot] = self.tol if tol is None else tol
+        self.active[slot] = True
+
+    def _direction(self, idx: np.ndarray) -> np.ndarray:
+        """-H g for the slots ``idx`` by the two-loop recursion, newest pair first."""
+        q = self.g[idx].copy()
+        order = [(self.head - i) % self.M for i in range(self.M)]
+        alpha = np.empty((self.M, len(idx)))
+        S, Y, rho = self.S[:, idx], self.Y[:, idx], self.rho[:, idx]
+        for i, j in enumerate(order):
+            alpha[i] = rho[j] * np.einsum("ap,ap->a", S[j], q)
+            q -= alpha[i][:, None] * Y[j]
+        q *= self.gamma[idx][:, None]
+        for i, j in reversed(list(enumerate(order))):
+            beta = rho[j] * np.einsum("ap,ap->a", Y[j], q)
+            q += (alpha[i] - beta)[:, None] * S[j]
+        return -q
+
+    def step(self) -> MinimizeResult:
+        """One iteration of every running problem; returns the problems that finished."""
+        idx = np.flatnonzero(self.active)
+        done = np.zeros(len(idx), bool)
+        if len(idx) == 0:
+            return self._result(idx)
+        x, g, E = self.x[idx], self.g[idx], self.E[idx]
+        d = self._direction(idx)
+        uphill = np.einsum("ap,ap->a", d, g) >= 0
+        if uphill.any():  # stale curvature: restart from steepest descent
+            d[uphill] = -self.h0 * g[uphill]
+            self.rho[:, idx[uphill]] = 0.0
+            self.gamma[idx[uphill]] = self.h0
+        norm = np.sqrt(np.einsum("ap,ap->a", d, d))
+        d *= np.minimum(1.0, self.maxstep / np.maximum(norm, 1e-300))[:, None]
+        xn = x + d
+        En, Gn = self.fun(xn)
+        self.nfev[idx] += 1
+        allowed = E + self.rise_tol * np.maximum(1.0, np.abs(E))
+        bad = ~(En <= allowed)
+        for _ in range(self.max_halvings):
+            if not bad.any():
+                break
+            b = np.flatnonzero(bad)
+            d[b] *= 0.5
+            xn[b] = x[b] + d[b]
+            En[b], Gn[b] = self.fun(xn[b])
+            self.nfev[idx[b]] += 1
+            bad[b] = ~(En[b] <= allowed[b])
+        ok = ~bad
+        # the (s, y) pair enters every slot's ring; rho = 0 where it is unusable, which skips it
+        s, yv = xn - x, Gn - g
+        sy, yy = np.einsum("ap,ap->a", s, yv), np.einsum("ap,ap->a", yv, yv)
+        good = ok & (sy > 1e-300) & (yy > 0)
+        self.head = (self.head + 1) % self.M
+        h = self.head
+        self.S[h] = 0.0
+        self.Y[h] = 0.0
+        self.rho[h] = 0.0
+        self.S[h, idx], self.Y[h, idx] = s, yv
+        self.rho[h, idx] = np.where(good, 1.0 / np.where(good, sy, 1.0), 0.0)
+        self.gamma[idx] = np.where(good, sy / np.where(good, yy, 1.0), self.gamma[idx])
+        self.x[idx[ok]], self.g[idx[ok]], self.E[idx[ok]] = xn[ok], Gn[ok], En[ok]
+        self.nit[idx] += 1
+        # a walker whose halvings all failed restarts from steepest descent; twice in a row ends it
+        self.fails[idx] = np.where(ok, 0, self.fails[idx] + 1)
+        if bad.any():
+            self.rho[:, idx[bad]] = 0.0
+            self.gamma[idx[bad]] = self.h0
+        done = (self._grad_rms(idx) <= self.tolv[idx]) | (self.nit[idx] >= self.maxiter) | (self.fails[idx] >= 2) \
+            | ~np.isfinite(self.E[idx])
+        return self._result(idx[done])
+
+    def _grad_rms(self, slots: np.ndarray) -> np.ndarray:
+        g = self.g[slots]
+        return np.sqrt(np.einsum("ap,ap->a", g, g) / self.P)
+
+    def _result(self, slots: np.ndarray) -> MinimizeResult:
+        rms = self._grad_rms(slots)
+        E = self.E[slots]
+        conv = (rms <= self.tolv[slots]) & np.isfinite(E)
+        status = np.where(conv, CONVERGED, np.where(~np.isfinite(E), NONFINITE,
+                                                    np.where(self.fails[slots] >= 2, STUCK, MAXITER)))
+        res = MinimizeResult(self.x[slots].copy(), E.copy(), rms, conv, status, self.nit[slots].copy(),
+                             self.nfev[slots].copy(), self.tag[slots].copy())
+        self.active[slots] = False
+        return res
+
+    def finished_initially(self) -> MinimizeResult:
+        """Problems that were already converged (or non-finite) when added, removed from the batch."""
+        idx = np.flatnonzero(self.active & (self.nit == 0))
+        stop = (self._grad_rms(idx) <= self.tolv[idx]) | ~np.isfinite(self.E[idx])
+        return self._result(idx[stop])
+
+
+def concat(results: list[MinimizeResult]) -> MinimizeResult:
+    """Join results, rows in the order given."""
+    return MinimizeResult(*(np.concatenate([getattr(r, f) for r in results])
+                            for f in MinimizeResult.__dataclass_fields__))
+
+
+def minimize(fun: EnergyGradient, x0: np.ndarray, tol: float = 1e-6, maxiter: int = 10000, **options) -> MinimizeResult:
+    """Minimise K independent problems from the rows of ``x0`` (K, P); results in row order.
+
+    ``options`` go to :class:`LBFGS` (memory, maxstep, rise_tol, max_halvings, h0).
+    """
+    x0 = np.atleast_2d(np.asarray(x0, dtype=np.float64))
+    opt = LBFGS(fun, x0.shape[1], tol=tol, maxiter=maxiter, **options)
+    opt.add(x0)
+    parts = [opt.finished_initially()]
+    while len(opt):
+        parts.append(opt.step())
+    res = concat(parts)
+    order = np.argsort(res.tag, kind="stable")
+    return MinimizeResult(*(getattr(res, f)[order] for f in MinimizeResult.__dataclass_fields__))

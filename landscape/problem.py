@@ -1,0 +1,86 @@
+"""The problem spec: dataset + model + loss, as plain data, and the one place that builds E(w).
+
+The CLI, the Python API and every later command rebuild exactly the same energy from a
+:class:`Problem` (stored in the database as JSON), so nothing is passed twice or can disagree.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+
+from . import data as data_mod
+from . import models
+from .energy import Energy
+
+ARCHITECTURES = ("mlp", "cnn")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Loss landscape of ``model`` on ``data``: E(w) = mean cross-entropy + ``lam`` ||w||^2.
+
+    ``data_sha256`` is the content hash of the data the problem was made with; rebuilding
+    from a different file fails. Energies are float64.
+    """
+
+    data: data_mod.DataSpec
+    model: models.Model
+    lam: float = 1e-4
+    data_sha256: str | None = None
+    dtype: str = field(default="float64")
+
+    @classmethod
+    def create(cls, data: str | data_mod.DataSpec = "iris", hidden: tuple[int, ...] = (5,), activation: str = "tanh",
+               bias: bool = True, arch: str = "mlp", channels: tuple[int, ...] = (8,), lam: float = 1e-4,
+               **data_options) -> "Problem":
+        """A problem whose model fits the data: an MLP (inputs, *hidden, classes) or a CNN with
+        ``channels`` for image data. ``data_options`` go to :class:`landscape.data.DataSpec`."""
+        spec = data if isinstance(data, data_mod.DataSpec) else data_mod.DataSpec(name=data, **data_options)
+        ds = data_mod.load(spec)
+        if arch == "mlp":
+            model: models.Model = models.MLP((ds.n_features, *hidden, ds.n_classes), activation, bias)
+        elif arch == "cnn":
+            if ds.image_shape is None:
+                raise ValueError(f"a CNN needs image data; {spec.name!r} is tabular: use --arch mlp")
+            model = models.CNN(ds.image_shape, ds.n_classes, tuple(channels), activation=activation, bias=bias)
+        else:
+            raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+        return cls(spec, model, float(lam), ds.sha256)
+
+    def dataset(self) -> data_mod.Dataset:
+        """Load the data, checking it is the data the problem was made with."""
+        ds = data_mod.load(self.data)
+        if self.data_sha256 is not None and ds.sha256 != self.data_sha256:
+            raise ValueError(f"dataset {self.data.name!r} has content hash {ds.sha256[:12]}..., but this problem was "
+                             f"made with {self.data_sha256[:12]}...: point to the original data")
+        return ds
+
+    def energy(self, backend: str = "auto", threads: int = 1, split: str = "train") -> Energy:
+        """The energy on the training split (``split='test'`` for the test loss)."""
+        if split not in ("train", "test"):
+            raise ValueError(f"unknown split {split!r}: choose 'train' or 'test'")
+        ds = self.dataset()
+        X, y = (ds.X_train, ds.y_train) if split == "train" else (ds.X_test, ds.y_test)
+        return Energy(self.model, X, y, self.lam, backend=backend, threads=threads)
+
+    def with_lam(self, lam: float) -> "Problem":
+        return replace(self, lam=float(lam))
+
+    def to_dict(self) -> dict:
+        return {"data": self.data.to_dict(), "model": self.model.to_dict(), "lam": self.lam,
+                "data_sha256": self.data_sha256, "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Problem":
+        try:
+            return cls(data_mod.DataSpec(**d["data"]), models.from_dict(d["model"]), float(d["lam"]),
+                       d.get("data_sha256"), d.get("dtype", "float64"))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"malformed problem description ({type(e).__name__}: {e})") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Problem":
+        return cls.from_dict(json.loads(text))

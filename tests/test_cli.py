@@ -1,0 +1,120 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from landscape.cli import main
+from landscape.database import Database
+
+FAST = ["--hidden", "3", "--test-fraction", "0", "--walkers", "4", "--quiet"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_sample_and_inspect_end_to_end(tmp_path, capsys):
+    db = str(tmp_path / "iris.h5")
+    code, out, err = run(capsys, "sample", db, *FAST, "--steps", "5", "--seed", "2")
+    assert code == 0 and "new minima" in out
+    code, out, _ = run(capsys, "inspect", db, "--json")
+    s = json.loads(out)
+    assert code == 0 and s["n_minima"] >= 1 and s["n_params"] == 4 * 3 + 3 + 3 * 3 + 3
+    assert s["runs"][0]["status"] == "completed" and s["runs"][0]["seed"] == 2
+    assert s["lowest"][0]["energy"] == min(r["energy"] for r in s["lowest"])
+    code, out, _ = run(capsys, "inspect", db)
+    assert code == 0 and "MLP 4-3-3" in out
+    # appending needs no problem options: the file's own problem is used
+    code, out, _ = run(capsys, "sample", db, "--steps", "2", "--walkers", "2", "--quiet")
+    assert code == 0
+    with Database(db) as d:
+        assert len(d.runs()) == 2
+
+
+def test_config_file(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[problem]\ndata = "iris"\nhidden = [2]\nlam = 1e-3\n[sample]\nwalkers = 2\nsteps = 2\nseed = 4\n')
+    db = str(tmp_path / "c.h5")
+    code, _, _ = run(capsys, "sample", db, "--config", str(cfg), "--quiet")
+    assert code == 0
+    with Database(db) as d:
+        assert d.problem.model.widths == (4, 2, 3) and d.problem.lam == 1e-3
+        assert d.runs()[0]["parameters"]["walkers"] == 2
+
+
+@pytest.mark.parametrize("case", ["unknown option", "config typo", "not hdf5", "other problem", "missing db",
+                                  "bad value", "no budget"])
+def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case):
+    db = tmp_path / "x.h5"
+    assert main(["sample", str(db), *FAST, "--steps", "1"]) == 0
+    capsys.readouterr()
+    target = db
+    if case == "unknown option":
+        argv = ["sample", str(db), "--walkres", "3", "--steps", "1"]
+    elif case == "config typo":
+        cfg = tmp_path / "t.toml"
+        cfg.write_text("[sample]\nwalkrs = 3\n")
+        argv = ["sample", str(db), "--config", str(cfg), "--steps", "1"]
+    elif case == "not hdf5":
+        target = tmp_path / "notes.txt"
+        target.write_text("not a database\n")
+        argv = ["sample", str(target), "--steps", "1"]
+    elif case == "other problem":
+        argv = ["sample", str(db), "--hidden", "4", "--steps", "1", "--quiet"]
+    elif case == "missing db":
+        argv = ["inspect", str(tmp_path / "nope.h5")]
+    elif case == "bad value":
+        argv = ["sample", str(db), "--lam", "0", "--steps", "1"]
+    else:
+        argv = ["sample", str(db), "--quiet"]
+    before = target.read_bytes()
+    with pytest.raises(SystemExit) if case == "unknown option" else _nothing() as exc:
+        code = main(argv)
+    if case == "unknown option":
+        code = exc.value.code
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("landscape: error:")
+    assert target.read_bytes() == before
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_killed_run_leaves_a_readable_file_with_what_it_reported(tmp_path):
+    db = tmp_path / "k.h5"
+    cmd = [sys.executable, "-m", "landscape.cli", "sample", str(db), *FAST, "--minutes", "5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 60
+    while time.time() < deadline and (not db.exists() or db.stat().st_size < 20000):
+        time.sleep(0.5)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Database(db) as d:  # opens, and holds what was reported
+        m = d.minima()
+        runs = d.runs()
+        E = d.problem.energy(backend="autograd")
+    assert len(m) >= 1 and runs[0]["ended"] is None
+    np.testing.assert_allclose(E(m.coords), m.energy, rtol=1e-9)
+    with h5py.File(db, "r", swmr=True) as f:
+        assert f["minima/coords"].shape == (len(m), 27)
+    # the killed run's file is recovered for appending: resume it
+    assert main(["sample", str(db), "--resume", "--steps", "2", "--quiet"]) == 0
+    with Database(db) as d:
+        assert len(d.runs()) == 2 and len(d) >= len(m)
+        np.testing.assert_array_equal(d.minima().coords[: len(m)], m.coords)

@@ -1,0 +1,94 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from landscape import data
+
+
+def write_idx(path, arr, gz=False):
+    arr = np.asarray(arr, dtype=np.uint8)
+    head = bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", n) for n in arr.shape)
+    opener = gzip.open if gz else open
+    with opener(path, "wb") as f:
+        f.write(head + arr.tobytes())
+
+
+def test_iris_standardised_with_training_statistics():
+    ds = data.load("iris", test_fraction=0.2, split_seed=3)
+    assert ds.X_train.shape == (120, 4) and ds.X_test.shape == (30, 4)
+    np.testing.assert_allclose(ds.X_train.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(ds.X_train.std(0), 1, atol=1e-12)
+    assert abs(ds.X_test.mean()) > 1e-6  # test data use the training statistics, not their own
+    assert sorted(np.bincount(ds.y_test)) == [10, 10, 10]  # stratified
+    again = data.load("iris", test_fraction=0.2, split_seed=3)
+    np.testing.assert_array_equal(ds.X_test, again.X_test)
+    other = data.load("iris", test_fraction=0.2, split_seed=4)
+    assert not np.array_equal(ds.y_test, other.y_test) or not np.array_equal(ds.X_test, other.X_test)
+
+
+def test_digits_are_unit_pixels_and_zero_test_fraction_keeps_all():
+    ds = data.load("digits", test_fraction=0)
+    assert ds.X_train.shape == (1797, 64) and len(ds.y_test) == 0
+    assert ds.X_train.min() == 0.0 and ds.X_train.max() == 1.0
+    assert ds.image_shape == (1, 8, 8) and ds.scaling == "unit"
+    st = data.load("digits", test_fraction=0, scaling="standardize")
+    np.testing.assert_allclose(st.X_train.mean(0), 0, atol=1e-12)
+
+
+def test_csv_and_npz_loaders_and_hash(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 3))
+    y = np.array(["a", "b"] * 10)
+    p = tmp_path / "d.csv"
+    p.write_text("f1,label,f2,f3\n" + "".join(f"{r[0]},{c},{r[1]},{r[2]}\n" for r, c in zip(X, y)))
+    ds = data.load(data.DataSpec("csv", path=str(p), label_column="label", test_fraction=0, scaling="none"))
+    np.testing.assert_allclose(ds.X_train, X)
+    np.testing.assert_array_equal(ds.y_train, (y == "b").astype(int))
+    q = tmp_path / "d.npz"
+    np.savez(q, X=X, y=(y == "b").astype(int))
+    dn = data.load(data.DataSpec("npz", path=str(q), test_fraction=0, scaling="none"))
+    np.testing.assert_allclose(dn.X_train, X)
+    assert len(ds.sha256) == 64
+    np.savez(q, X=X + 1e-9, y=(y == "b").astype(int))
+    assert data.load(data.DataSpec("npz", path=str(q), test_fraction=0)).sha256 != dn.sha256
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_idx_loader(tmp_path, gz):
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, size=(12, 5, 4))
+    labels = np.arange(12) % 3
+    sfx = ".gz" if gz else ""
+    write_idx(tmp_path / f"train-images-idx3-ubyte{sfx}", imgs, gz)
+    write_idx(tmp_path / f"train-labels-idx1-ubyte{sfx}", labels, gz)
+    ds = data.load(data.DataSpec("mnist", path=str(tmp_path), test_fraction=0))
+    assert ds.image_shape == (1, 5, 4)
+    np.testing.assert_allclose(ds.X_train, imgs.reshape(12, -1) / 255.0)
+    np.testing.assert_array_equal(ds.y_train, labels)
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'irs'"):
+        data.DataSpec("irs")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load(data.DataSpec("npz", path=str(tmp_path / "missing.npz")))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        data.load(data.DataSpec("npz", path=str(bad)))
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, X=np.array([[1.0, np.nan], [0.0, 1.0], [2, 2], [3, 3]]), y=np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="NaN"):
+        data.load(data.DataSpec("npz", path=str(nan)))
+    shape = tmp_path / "shape.npz"
+    np.savez(shape, X=np.ones((4, 2)), y=np.array([0, 1, 0]))
+    with pytest.raises(ValueError, match="X must be"):
+        data.load(data.DataSpec("npz", path=str(shape)))
+    with pytest.raises(ValueError, match="label_column"):
+        data.DataSpec("csv", path="x.csv")
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x01\x02\x03\x04")
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(3))
+    with pytest.raises(ValueError, match="magic"):
+        data.load(data.DataSpec("mnist", path=str(tmp_path)))

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from landscape import models
+from landscape.energy import Energy
+from landscape.minimize import LBFGS, minimize
+
+
+def quadratic(A, b):
+    def fun(x):
+        g = x @ A.T - b
+        return 0.5 * np.einsum("kp,kp->k", x, x @ A.T) - x @ b, g
+    return fun
+
+
+def rosenbrock(x):
+    a, b = x[:, 0], x[:, 1]
+    E = (1 - a) ** 2 + 100 * (b - a * a) ** 2
+    g = np.stack([-2 * (1 - a) - 400 * a * (b - a * a), 200 * (b - a * a)], 1)
+    return E, g
+
+
+def test_convex_quadratic_converges_to_the_solution():
+    rng = np.random.default_rng(0)
+    Q = rng.normal(size=(8, 8))
+    A = Q @ Q.T + 0.5 * np.eye(8)
+    b = rng.normal(size=8)
+    r = minimize(quadratic(A, b), rng.normal(size=(5, 8)) * 3, tol=1e-10)
+    assert r.converged.all() and (r.status == "converged").all()
+    np.testing.assert_allclose(r.x, np.tile(np.linalg.solve(A, b), (5, 1)), atol=1e-8)
+
+
+def test_rosenbrock_from_several_starts():
+    starts = np.array([[-1.2, 1.0], [2.0, 2.0], [0.0, -1.0], [-2.0, 3.0]])
+    r = minimize(rosenbrock, starts, tol=1e-10)
+    assert r.converged.all()
+    np.testing.assert_allclose(r.x, 1.0, atol=1e-7)
+    assert np.all(r.nfev >= r.nit)
+
+
+def test_iris_minima_are_converged_when_recomputed_independently(iris):
+    model = models.MLP((4, 5, 3))
+    E = Energy(model, iris.X_train, iris.y_train, lam=1e-4)
+    x0 = np.concatenate([np.random.default_rng(s).normal(size=(2, 43)) for s in range(3)])
+    r = minimize(E.energy_gradient, x0, tol=1e-10)
+    assert r.converged.all()
+    # independent recomputation: autograd backend, one walker at a time
+    ref = Energy(model, iris.X_train, iris.y_train, lam=1e-4, backend="autograd")
+    for k in range(len(x0)):
+        e, g = ref.energy_gradient(r.x[k])
+        assert np.sqrt(np.mean(g ** 2)) <= 1e-10
+        np.testing.assert_allclose(e[0], r.energy[k], rtol=1e-12)
+    assert np.min(r.energy) < 0.0258  # the known global minimum region, E ~ 0.025778...
+
+
+def test_unconverged_runs_are_reported_as_such():
+    r = minimize(rosenbrock, np.array([[-1.2, 1.0], [1.0, 1.0]]), tol=1e-10, maxiter=5)
+    assert list(r.status) == ["maxiter", "converged"]
+    assert list(r.converged) == [False, True]
+
+
+def test_streaming_batch_takes_new_work_as_walkers_finish():
+    opt = LBFGS(rosenbrock, 2, tol=1e-8)
+    opt.add(np.array([[-1.2, 1.0], [0.5, 0.5]]), tags=np.array([10, 11]))
+    finished = []
+    while len(opt):
+        out = opt.step()
+        finished += list(out.tag)
+        if 11 in out.tag:
+            opt.add(np.array([[3.0, -3.0]]), tags=np.array([12]))
+    assert sorted(finished) == [10, 11, 12]
+    assert finished.index(11) < finished.index(10)
+
+
+def test_nonfinite_energy_is_reported():
+    def fun(x):
+        E = np.where(x[:, 0] > 0.5, np.nan, (x ** 2).sum(1))
+        return E, 2 * x
+    r = minimize(fun, np.array([[0.6, 0.0], [0.1, 0.0]]), tol=1e-12)
+    assert list(r.status) == ["non-finite energy", "converged"]
+    with pytest.raises(ValueError, match=r"shape \(k, 2\)"):
+        LBFGS(fun, 2).add(np.zeros((1, 3)))

@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+
+import landscape
+from landscape import identify
+from landscape.database import Database
+
+SETTINGS = landscape.Settings(walkers=8, temperature=0.01, step=1.0)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return landscape.Problem.create("iris", hidden=(3,), lam=1e-3, test_fraction=0.0)
+
+
+@pytest.fixture(scope="module")
+def sampled(problem, tmp_path_factory):
+    path = tmp_path_factory.mktemp("bh") / "iris.h5"
+    res = landscape.sample(problem, str(path), SETTINGS, steps=6, seed=1, progress=False)
+    return path, res
+
+
+def test_stored_minima_recompute_from_the_file_alone(sampled):
+    path, res = sampled
+    with Database(path) as db:
+        m = db.minima()
+        problem = db.problem  # rebuilt from the file: data spec, model, lam, data hash
+        assert len(m) == res.n_minima >= 2
+        assert m.hits.sum() == res.counters["converged"]
+    E = problem.energy(backend="autograd")  # an independent implementation of the energy
+    e, g = E.energy_gradient(m.coords)
+    np.testing.assert_allclose(e, m.energy, rtol=1e-9)
+    assert np.all(np.sqrt(np.mean(g ** 2, axis=1)) <= SETTINGS.refine_tol)
+    assert np.all(m.eigenvalues[:, 0] > 0)  # minima, not saddles
+    eig = np.linalg.eigvalsh(E.hessian(m.coords[0]))
+    np.testing.assert_allclose(eig[:3], m.eigenvalues[0], rtol=1e-6, atol=1e-10)
+
+
+def test_no_two_stored_minima_are_the_same(sampled, problem):
+    path, _ = sampled
+    with Database(path) as db:
+        m = db.minima()
+    groups = problem.model.unit_groups()
+    P = problem.model.n_params
+    for a in range(len(m)):
+        for b in range(a + 1, len(m)):
+            pa = identify.Point(m.energy[a], m.coords[a], m.grad_rms[a] * np.sqrt(P), m.eigenvalues[a, 0])
+            pb = identify.Point(m.energy[b], m.coords[b], m.grad_rms[b] * np.sqrt(P), m.eigenvalues[b, 0])
+            e_tol, d_tol = identify.tolerances(pa, pb, 2 * problem.lam)
+            assert abs(m.energy[a] - m.energy[b]) > e_tol or identify.distance(m.coords[a], m.coords[b], groups) > d_tol
+
+
+def test_symmetry_image_is_identified_and_close_minima_are_not(sampled, problem):
+    path, _ = sampled
+    with Database(path) as db:
+        m = db.minima()
+    groups = problem.model.unit_groups()
+    P = problem.model.n_params
+    E = problem.energy(backend="autograd")
+    rng = np.random.default_rng(5)
+    points = [identify.Point(m.energy[i], m.coords[i], m.grad_rms[i] * np.sqrt(P), m.eigenvalues[i, 0])
+              for i in range(len(m))]
+    index = identify.MinimaIndex(groups, 2 * problem.lam)
+    for i, p in enumerate(points):
+        index.add(i, p)
+    for i, p in enumerate(points):
+        image = identify.random_image(p.x, groups, rng)
+        assert np.linalg.norm(image - p.x) > 1e-3  # really moved
+        np.testing.assert_allclose(E(image), p.energy, rtol=1e-12)  # really a symmetry
+        assert index.match(identify.Point(p.energy, image, p.gnorm)).same == i
+    # the two stored minima closest in energy are told apart
+    order = np.argsort(m.energy)
+    gaps = np.diff(m.energy[order])
+    a, b = order[np.argmin(gaps)], order[np.argmin(gaps) + 1]
+    only_a = identify.MinimaIndex(groups, 2 * problem.lam)
+    only_a.add(0, points[a])
+    assert only_a.match(points[b]).same is None
+
+
+def test_alignment_undoes_a_random_symmetry_with_near_ties():
+    from landscape.models import MLP
+    model = MLP((3, 6, 4, 2), "tanh")
+    groups = model.unit_groups()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=model.n_params)
+    x[model.blocks()[0].indices()[:, 1]] = x[model.blocks()[0].indices()[:, 0]] + 1e-9  # two near-identical units
+    y = identify.random_image(x, groups, rng)
+    assert identify.distance(x, y, groups) < 1e-6
+
+
+def test_same_seed_gives_the_same_minima(problem, tmp_path):
+    runs = []
+    for name in ("a.h5", "b.h5"):
+        landscape.sample(problem, str(tmp_path / name), SETTINGS, steps=4, seed=3, progress=False)
+        with Database(tmp_path / name) as db:
+            runs.append(db.minima())
+    np.testing.assert_array_equal(runs[0].energy, runs[1].energy)
+    np.testing.assert_array_equal(runs[0].coords, runs[1].coords)
+    np.testing.assert_array_equal(runs[0].hits, runs[1].hits)
+
+
+def test_resume_continues_without_duplicates(problem, tmp_path):
+    path = str(tmp_path / "r.h5")
+    first = landscape.sample(problem, path, SETTINGS, steps=4, seed=0, progress=False)
+    with Database(path) as db:
+        walkers = db.walker_state(0)
+    assert np.all(np.isfinite(walkers["energy"]))
+    second = landscape.sample(problem, path, SETTINGS, steps=4, seed=0, resume=True, progress=False)
+    with Database(path) as db:
+        m, runs = db.minima(), db.runs()
+    assert [r["status"] for r in runs] == ["completed", "completed"]
+    assert runs[1]["parameters"]["resume"] is True
+    assert len(m) == second.n_minima >= first.n_minima
+    assert m.hits.sum() == first.counters["converged"] + second.counters["converged"]
+    test_no_two_stored_minima_are_the_same((path, None), problem)
+
+
+def test_other_problem_is_refused_and_file_unchanged(sampled, problem):
+    path, _ = sampled
+    before = path.read_bytes()
+    with pytest.raises(landscape.database.DatabaseError, match="different problem"):
+        landscape.sample(problem.with_lam(2e-3), str(path), SETTINGS, steps=1, progress=False)
+    assert path.read_bytes() == before
