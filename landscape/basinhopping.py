@@ -67,7 +67,7 @@ class Settings:
     refine_tol: float = 1e-10
     hessian: str = "auto"
     maxstep: float = 1.0
-    memory: int = 10
+    memory: int = 20
 
     def __post_init__(self) -> None:
         if self.walkers < 1:
@@ -163,7 +163,8 @@ class _Sampler:
         else:
             for k, r in enumerate(self.walkers.rngs):
                 self.walkers.x[k] = r.normal(0.0, s.init_scale, P)
-        self.index = MinimaIndex(self.groups, fallback_curvature=2.0 * problem.lam)
+        self.index = MinimaIndex(self.groups, fallback_curvature=2.0 * problem.lam,
+                                 hvp=lambda x, v: self.energy.hvp(x, v)[0])
         m = db.minima()
         for i in range(len(m)):
             self.index.add(i, Point(float(m.energy[i]), m.coords[i], float(m.grad_rms[i]) * np.sqrt(P),
@@ -178,6 +179,7 @@ class _Sampler:
                          maxstep=s.maxstep)
         self.pushes = np.zeros(K, np.int64)
         self.refining = np.zeros(K, bool)
+        self.pending_hits: list[int] = []  # repeat finds, written with the walker state (about once a second)
 
     # -- main loop -----------------------------------------------------------------------------
     def run(self) -> SampleResult:
@@ -228,6 +230,8 @@ class _Sampler:
         return self.counters["accepted"] / max(1, self.counters["steps"])
 
     def _save(self, t0: float, c0: float) -> None:
+        self.db.add_hits(np.array(self.pending_hits, dtype=np.int64))
+        self.pending_hits.clear()
         counters = {**self.counters, "cpu_seconds": time.process_time() - c0, "wall_seconds": time.perf_counter() - t0}
         self.db.save_run_state(self.run_id, counters, self.walkers.arrays())
         self.db.flush()
@@ -247,7 +251,7 @@ class _Sampler:
             c["converged"] += int(r.converged[j])
         E = float(r.energy[j]) if r.converged[j] else math.inf  # an unconverged quench is no minimum
         if r.converged[j]:
-            outcome = self._identify(k, r.x[j], E, float(r.grad_rms[j]), refining)
+            outcome = self._identify(k, r.x[j], r.grad[j], E, float(r.grad_rms[j]), refining)
             if outcome == "refine":
                 c["refinements"] += 1
                 self.refining[k] = True
@@ -281,13 +285,14 @@ class _Sampler:
             w.step[k] = s.step
         return True
 
-    def _identify(self, walker: int, x: np.ndarray, E: float, grad_rms: float, refined: bool) -> str:
+    def _identify(self, walker: int, x: np.ndarray, grad: np.ndarray, E: float, grad_rms: float,
+                  refined: bool) -> str:
         """'same' (a stored minimum found again: hits + 1, coordinates improved if this copy is
         better converged), 'new' (stored), 'refine' (converge further before deciding) or 'saddle'."""
-        p = Point(E, x, grad_rms * np.sqrt(self.P))
+        p = Point(E, x, grad_rms * np.sqrt(self.P), grad=grad)
         m = self.index.match(p)
         if m.same is not None:
-            self.db.add_hits(np.array([m.same]))
+            self.pending_hits.append(m.same)
             q = self.index.points[m.same]
             if p.gnorm < q.gnorm:
                 y = align(q.x, x, self.groups)

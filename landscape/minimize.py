@@ -28,13 +28,14 @@ CONVERGED, MAXITER, NONFINITE, STUCK = "converged", "maxiter", "non-finite energ
 class MinimizeResult:
     """Per-problem outcome of a batch minimisation (arrays of length K unless stated).
 
-    ``x`` (K, P) final points; ``energy``; ``grad_rms`` (RMS gradient at ``x``); ``converged``
+    ``x`` (K, P) final points; ``grad`` (K, P) gradients there; ``energy``; ``grad_rms`` (RMS gradient at ``x``); ``converged``
     (bool: grad_rms <= tol; anything else is *not* a minimum); ``status`` (one of 'converged',
     'maxiter', 'non-finite energy', 'line search failed'); ``nit`` iterations; ``nfev``
     energy+gradient evaluations; ``tag`` the caller's label of each problem.
     """
 
     x: np.ndarray
+    grad: np.ndarray
     energy: np.ndarray
     grad_rms: np.ndarray
     converged: np.ndarray
@@ -67,6 +68,7 @@ class LBFGS:
         self.M, self.maxstep, self.rise_tol, self.max_halvings, self.h0 = memory, maxstep, rise_tol, max_halvings, h0
         self._alloc(0)
         self.head = 0  # ring position of the newest (s, y) pair, shared by all slots
+        self.pushes = 0  # pairs pushed so far (ring entries beyond it are empty)
 
     def _alloc(self, cap: int) -> None:
         P, M = self.P, self.M
@@ -116,29 +118,34 @@ class LBFGS:
         self.tolv[slot] = self.tol if tol is None else tol
         self.active[slot] = True
 
-    def _direction(self, idx: np.ndarray) -> np.ndarray:
-        """-H g for the slots ``idx`` by the two-loop recursion, newest pair first."""
-        q = self.g[idx].copy()
-        order = [(self.head - i) % self.M for i in range(self.M)]
-        alpha = np.empty((self.M, len(idx)))
-        S, Y, rho = self.S[:, idx], self.Y[:, idx], self.rho[:, idx]
+    def _direction(self, sel: slice | np.ndarray) -> np.ndarray:
+        """-H g for the slots ``sel`` by the two-loop recursion, newest pair first."""
+        q = self.g[sel].copy()
+        S, Y, rho = self.S[:, sel], self.Y[:, sel], self.rho[:, sel]
+        order = [(self.head - i) % self.M for i in range(min(self.M, self.pushes))]
+        alpha = np.empty((self.M, len(q)))
+        tmp = np.empty_like(q)
         for i, j in enumerate(order):
-            alpha[i] = rho[j] * np.einsum("ap,ap->a", S[j], q)
-            q -= alpha[i][:, None] * Y[j]
-        q *= self.gamma[idx][:, None]
+            np.einsum("ap,ap->a", S[j], q, out=alpha[i])
+            alpha[i] *= rho[j]
+            q -= np.multiply(Y[j], alpha[i][:, None], out=tmp)
+        q *= self.gamma[sel][:, None]
+        beta = np.empty(len(q))
         for i, j in reversed(list(enumerate(order))):
-            beta = rho[j] * np.einsum("ap,ap->a", Y[j], q)
-            q += (alpha[i] - beta)[:, None] * S[j]
-        return -q
+            np.einsum("ap,ap->a", Y[j], q, out=beta)
+            beta *= rho[j]
+            np.subtract(alpha[i], beta, out=beta)
+            q += np.multiply(S[j], beta[:, None], out=tmp)
+        return np.negative(q, out=q)
 
     def step(self) -> MinimizeResult:
         """One iteration of every running problem; returns the problems that finished."""
         idx = np.flatnonzero(self.active)
-        done = np.zeros(len(idx), bool)
         if len(idx) == 0:
             return self._result(idx)
-        x, g, E = self.x[idx], self.g[idx], self.E[idx]
-        d = self._direction(idx)
+        sel = slice(None) if len(idx) == len(self.active) else idx  # views when every slot runs
+        x, g, E = self.x[sel], self.g[sel], self.E[sel]
+        d = self._direction(sel)
         uphill = np.einsum("ap,ap->a", d, g) >= 0
         if uphill.any():  # stale curvature: restart from steepest descent
             d[uphill] = -self.h0 * g[uphill]
@@ -166,14 +173,17 @@ class LBFGS:
         sy, yy = np.einsum("ap,ap->a", s, yv), np.einsum("ap,ap->a", yv, yv)
         good = ok & (sy > 1e-300) & (yy > 0)
         self.head = (self.head + 1) % self.M
+        self.pushes += 1
         h = self.head
-        self.S[h] = 0.0
-        self.Y[h] = 0.0
-        self.rho[h] = 0.0
-        self.S[h, idx], self.Y[h, idx] = s, yv
-        self.rho[h, idx] = np.where(good, 1.0 / np.where(good, sy, 1.0), 0.0)
+        if isinstance(sel, np.ndarray):
+            self.rho[h] = 0.0
+        self.S[h, sel], self.Y[h, sel] = s, yv
+        self.rho[h, sel] = np.where(good, 1.0 / np.where(good, sy, 1.0), 0.0)
         self.gamma[idx] = np.where(good, sy / np.where(good, yy, 1.0), self.gamma[idx])
-        self.x[idx[ok]], self.g[idx[ok]], self.E[idx[ok]] = xn[ok], Gn[ok], En[ok]
+        if ok.all():
+            self.x[sel], self.g[sel], self.E[sel] = xn, Gn, En
+        else:
+            self.x[idx[ok]], self.g[idx[ok]], self.E[idx[ok]] = xn[ok], Gn[ok], En[ok]
         self.nit[idx] += 1
         # a walker whose halvings all failed restarts from steepest descent; twice in a row ends it
         self.fails[idx] = np.where(ok, 0, self.fails[idx] + 1)
@@ -194,7 +204,7 @@ class LBFGS:
         conv = (rms <= self.tolv[slots]) & np.isfinite(E)
         status = np.where(conv, CONVERGED, np.where(~np.isfinite(E), NONFINITE,
                                                     np.where(self.fails[slots] >= 2, STUCK, MAXITER)))
-        res = MinimizeResult(self.x[slots].copy(), E.copy(), rms, conv, status, self.nit[slots].copy(),
+        res = MinimizeResult(self.x[slots].copy(), self.g[slots].copy(), E.copy(), rms, conv, status, self.nit[slots].copy(),
                              self.nfev[slots].copy(), self.tag[slots].copy())
         self.active[slots] = False
         return res

@@ -263,15 +263,23 @@ def test_bad_inputs_raise_value_error():
 
 # --------------------------------------------------------------------------- processes
 
+# the subprocesses load landscape/kernel.py alone (not the package, which imports torch)
+_LOAD = f"""
+import importlib.util
+_spec = importlib.util.spec_from_file_location("lkernel", {str(REPO / "landscape" / "kernel.py")!r})
+kernel = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kernel)
+"""
+
+
 def _run(code: str, env_extra: dict, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, **env_extra)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-c", _LOAD + textwrap.dedent(code)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def test_disabled_by_environment():
     r = _run("""
-        from landscape import kernel
         print(kernel.available(), kernel.unavailable_reason())
     """, {"LANDSCAPE_KERNEL": "off"})
     assert r.returncode == 0, r.stderr
@@ -279,16 +287,16 @@ def test_disabled_by_environment():
 
 
 def test_concurrent_builds_into_a_fresh_cache(tmp_path):
-    code = """
-        import numpy as np
-        from landscape import kernel
-        assert kernel.available(), kernel.unavailable_reason()
-        k = kernel.MLPKernel([2, 3, 2], "tanh", True, np.eye(2), np.array([0, 1]), 0.0)
-        print(k.energy_gradient(np.zeros((1, k.n_params)))[0][0])
-    """
+    # several processes compile into the same empty cache at once: all load a whole library
+    code = _LOAD + """
+import numpy as np
+assert kernel.available(), kernel.unavailable_reason()
+k = kernel.MLPKernel([2, 3, 2], "tanh", True, np.eye(2), np.array([0, 1]), 0.0)
+print(k.energy_gradient(np.zeros((1, k.n_params)))[0][0])
+"""
     env = dict(os.environ, LANDSCAPE_KERNEL_CACHE=str(tmp_path))
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
@@ -320,3 +328,27 @@ def test_thread_pool_survives_fork():
     data = os.read(rfd, 1 << 16)
     os.close(rfd)
     assert np.array_equal(np.frombuffer(data), E)
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 targets")
+@pytest.mark.parametrize("march", ["x86-64-v3", pytest.param("x86-64-v2", marks=pytest.mark.slow)])
+# AVX2 (4-wide vectors) and SSE (2-wide) builds of the same source
+def test_narrower_vector_builds(tmp_path, march):
+    widths = [5, 9, 4, 3]
+    X, y = problem(widths, 45, seed=12)
+    w = np.random.default_rng(13).normal(size=(3, n_params(widths, True)))
+    np.savez(tmp_path / "in.npz", X=X, y=y, w=w)
+    r = _run(f"""
+        import numpy as np
+        d = np.load({str(tmp_path / "in.npz")!r})
+        assert kernel.available(), kernel.unavailable_reason()
+        k = kernel.MLPKernel({widths}, "sigmoid", True, d["X"], d["y"], 1e-3, chunk=16)
+        E, G = k.energy_gradient(d["w"], threads=2)
+        np.savez({str(tmp_path / "out.npz")!r}, E=E, G=G)
+    """, {"LANDSCAPE_KERNEL_MARCH": march, "LANDSCAPE_KERNEL_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    out = np.load(tmp_path / "out.npz")
+    for j in range(3):
+        Er, gr = reference(widths, "sigmoid", True, X, y, 1e-3, w[j])
+        assert abs(out["E"][j] - Er) <= 1e-12 * abs(Er)
+        np.testing.assert_allclose(out["G"][j], gr, rtol=1e-12, atol=1e-12 * np.abs(gr).max())

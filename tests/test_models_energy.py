@@ -109,3 +109,15 @@ def test_energy_rejects_bad_input(iris):
 
 def test_rms():
     np.testing.assert_allclose(rms(np.array([[3.0, 4.0], [0.0, 0.0]])), [np.sqrt(12.5), 0.0])
+
+
+def test_kernel_hvp_and_hessian_match_autograd(iris):
+    model = models.MLP((4, 5, 3))
+    fast = Energy(model, iris.X_train, iris.y_train, lam=1e-4)
+    if fast.backend != "kernel":
+        pytest.skip("compiled kernel unavailable")
+    exact = Energy(model, iris.X_train, iris.y_train, lam=1e-4, backend="autograd")
+    rng = np.random.default_rng(4)
+    w, v = rng.normal(size=(3, 43)), rng.normal(size=(3, 43))
+    np.testing.assert_allclose(fast.hvp(w, v), exact.hvp(w, v), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(fast.hessian(w[0]), exact.hessian(w[0]), rtol=1e-6, atol=1e-8)

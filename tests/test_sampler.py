@@ -121,3 +121,26 @@ def test_other_problem_is_refused_and_file_unchanged(sampled, problem):
     with pytest.raises(landscape.database.DatabaseError, match="different problem"):
         landscape.sample(problem.with_lam(2e-3), str(path), SETTINGS, steps=1, progress=False)
     assert path.read_bytes() == before
+
+
+def test_quench_endpoints_are_matched_by_the_newton_test(sampled, problem):
+    """A loosely converged quench ending near a stored minimum is recognised (the quadratic model of
+    the stored minimum predicts its gradient); one ending near another minimum is not."""
+    from landscape.minimize import minimize
+    path, _ = sampled
+    with Database(path) as db:
+        m = db.minima()
+    E = problem.energy()
+    P = problem.model.n_params
+    index = identify.MinimaIndex(problem.model.unit_groups(), 2 * problem.lam, hvp=lambda x, v: E.hvp(x, v)[0])
+    for i in range(len(m)):
+        index.add(i, identify.Point(m.energy[i], m.coords[i], m.grad_rms[i] * np.sqrt(P), m.eigenvalues[i, 0]))
+    rng = np.random.default_rng(2)
+    r = minimize(E.energy_gradient, m.coords + rng.normal(scale=0.02, size=m.coords.shape), tol=1e-6)
+    for i in range(len(m)):
+        p = identify.Point(r.energy[i], r.x[i], r.grad_rms[i] * np.sqrt(P), grad=r.grad[i])
+        assert np.linalg.norm(r.x[i] - m.coords[i]) > 1e-6
+        assert index.match(p).same == i
+        # the same coordinates with a gradient the stored minimum's curvature cannot produce
+        inconsistent = identify.Point(p.energy, p.x, p.gnorm, grad=-r.grad[i])
+        assert index.match(inconsistent).same is None

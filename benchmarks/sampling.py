@@ -1,0 +1,214 @@
+"""Basin-hopping benchmark: landscape's sampler beside scipy.optimize.basinhopping (and pele's
+BasinHopping where ``import pele`` works: ``pip install pele==0.1.2``), on the same landscape,
+in one invocation. The peers call our compiled energy one network at a time, so all tools pay
+the same per evaluation and the figures compare the samplers.
+
+Landscapes (as in shared/peers/landscape): Iris 4-5(tanh)-3, lam 1e-4, all 150 samples
+standardised, RMS gradient < 1e-6; digits 64-32(tanh)-10 with biases (2410 parameters), all 1797
+samples standardised. Budgets are CPU-seconds of this process (single-threaded:
+run with OMP_NUM_THREADS=1); ours is also run on both cores and timed per wall-second.
+
+Cases:
+  throughput  fixed step 1.0 (digits: 0.3), T = 0.01: converged minimisations per CPU-second.
+  discovery   adaptive steps: every minimum found by any tool is refined to RMS 1e-10 and matched
+              under the network's symmetries; reports how many distinct minima each found, and
+              whether ours, given a third of the peer's time, found every minimum the peer found.
+
+usage: OMP_NUM_THREADS=1 python benchmarks/sampling.py [--case throughput|discovery|digits|all]
+       [--seconds 60] [--walkers 256]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import landscape
+from landscape import identify
+from landscape.database import Database
+from landscape.minimize import minimize
+
+
+def iris_problem() -> landscape.Problem:
+    return landscape.Problem.create("iris", hidden=(5,), lam=1e-4, test_fraction=0.0)
+
+
+def digits_problem() -> landscape.Problem:
+    return landscape.Problem.create("digits", hidden=(32,), lam=1e-4, test_fraction=0.0, scaling="standardize")
+
+
+def ours(problem: landscape.Problem, settings: landscape.Settings, seconds: float, threads: int = 1) -> dict:
+    """Run our sampler for ``seconds`` of wall time (= CPU time single-threaded)."""
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "bench.h5")
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = landscape.sample(problem, path, settings, minutes=seconds / 60, seed=0, threads=threads, progress=False)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        with Database(path) as db:
+            m = db.minima()
+    c = res.counters
+    return dict(tool=f"landscape (K={settings.walkers}, threads={threads})", cpu_s=round(cpu, 1), wall_s=round(wall, 1),
+                quenches=c["quenches"], converged=c["converged"], nfev=c["nfev"],
+                conv_per_cpu_s=round(c["converged"] / cpu, 1), conv_per_wall_s=round(c["converged"] / wall, 1),
+                fev_per_quench=round(c["nfev"] / max(1, c["quenches"]), 1), stored_minima=len(m),
+                refinements=c["refinements"], lowest=float(m.energy.min()), minima=m)
+
+
+def peer_energy(problem: landscape.Problem):
+    """One-network energy+gradient for the peers: our compiled energy called with K = 1, so that
+    every tool here spends the same time per evaluation and the comparison is of the samplers."""
+    E = problem.energy()
+    count = [0]
+
+    def fg(w: np.ndarray) -> tuple[float, np.ndarray]:
+        count[0] += 1
+        e, g = E.energy_gradient(w)
+        return float(e[0]), g[0]
+
+    return fg, count, E
+
+
+def _peer_row(tool: str, E, cpu: float, wall: float, X: np.ndarray, nfev: int) -> dict:
+    rms = np.sqrt(np.mean(E.energy_gradient(X)[1] ** 2, axis=1)) if len(X) else np.zeros(0)
+    conv = rms < 1e-6
+    return dict(tool=tool, cpu_s=round(cpu, 1), wall_s=round(wall, 1), quenches=len(X), converged=int(conv.sum()),
+                nfev=nfev, conv_per_cpu_s=round(conv.sum() / cpu, 1), fev_per_quench=round(nfev / max(1, len(X)), 1),
+                points=X[conv])
+
+
+def scipy_bh(problem: landscape.Problem, step: float, fixed: bool, seconds: float) -> dict:
+    """scipy.optimize.basinhopping with L-BFGS-B, as in shared/peers/landscape/bench_scipy_bh.py."""
+    from scipy.optimize import basinhopping
+
+    torch.set_num_threads(1)
+    fg, count, E = peer_energy(problem)
+    log: list[np.ndarray] = []
+    c0, t0 = time.process_time(), time.perf_counter()
+    x0 = np.random.default_rng(0).normal(size=problem.model.n_params)
+    basinhopping(fg, x0, niter=10 ** 7, T=0.01, stepsize=step, interval=10 ** 9 if fixed else 50, seed=0,
+                 minimizer_kwargs=dict(method="L-BFGS-B", jac=True,
+                                       options=dict(maxiter=100000, gtol=1e-7, ftol=0.0, maxcor=10)),
+                 callback=lambda x, f, acc: log.append(x.copy()) or time.process_time() - c0 >= seconds)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    return _peer_row("scipy basinhopping + L-BFGS-B", E, cpu, wall, np.array(log), count[0])
+
+
+def pele_bh(problem: landscape.Problem, step: float, fixed: bool, seconds: float) -> dict | None:
+    """pele's BasinHopping with lbfgs_cpp(tol=1e-6, maxstep=1.0, M=10), as in
+    shared/peers/landscape/bench_pele_bh.py --tuned; None where pele is not installed."""
+    try:
+        from pele.basinhopping import BasinHopping
+        from pele.optimize import lbfgs_cpp
+        from pele.potentials import BasePotential
+        from pele.storage import Database as PeleDatabase
+        from pele.takestep import AdaptiveStepsize, RandomDisplacement
+    except ImportError:
+        return None
+    torch.set_num_threads(1)
+    fg, count, E = peer_energy(problem)
+
+    class Pot(BasePotential):
+        def getEnergy(self, x):
+            return fg(x)[0]
+
+        def getEnergyGradient(self, x):
+            return fg(x)
+
+    pot, log = Pot(), []
+
+    def quench(x):
+        r = lbfgs_cpp(x, pot, tol=1e-6, maxstep=1.0, M=10)
+        log.append(np.array(r.coords))
+        return r
+
+    np.random.seed(0)
+    take = AdaptiveStepsize(RandomDisplacement(stepsize=step), acc_ratio=0.5, interval=10 ** 9 if fixed else 50)
+    db = PeleDatabase(db=":memory:", accuracy=3e-8)
+    x0 = np.random.default_rng(0).normal(size=problem.model.n_params)
+    c0, t0 = time.process_time(), time.perf_counter()
+    bh = BasinHopping(x0, pot, take, storage=db.minimum_adder(), temperature=0.01, quench=quench, outstream=None,
+                      insert_rejected=True)
+    while time.process_time() - c0 < seconds:
+        bh.run(5)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    row = _peer_row("pele 0.1.2 BasinHopping + lbfgs_cpp", E, cpu, wall, np.array(log), count[0])
+    row["pele_db_minima"] = db.number_of_minima()
+    return row
+
+
+def distinct(problem: landscape.Problem, reference: landscape.database.Minima, X: np.ndarray) -> tuple[int, int]:
+    """Refine the rows of ``X`` to RMS 1e-10, then count (distinct minima among them, how many of
+    those are not among ``reference``), matching under the network's symmetries."""
+    E = problem.energy()
+    r = minimize(E.energy_gradient, X, tol=1e-10)
+    P = problem.model.n_params
+    groups = problem.model.unit_groups()
+    ref = identify.MinimaIndex(groups, 2 * problem.lam)
+    for i in range(len(reference)):
+        ref.add(i, identify.Point(reference.energy[i], reference.coords[i], reference.grad_rms[i] * np.sqrt(P),
+                                  reference.eigenvalues[i, 0]))
+    own = identify.MinimaIndex(groups, 2 * problem.lam)
+    missed = 0
+    for k in np.flatnonzero(r.converged):
+        p = identify.Point(r.energy[k], r.x[k], r.grad_rms[k] * np.sqrt(P))
+        if own.match(p).same is None:
+            own.add(len(own), p)
+            missed += ref.match(p).same is None
+    return len(own), missed
+
+
+def show(row: dict) -> None:
+    print(json.dumps({k: v for k, v in row.items() if k not in ("minima", "points")}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--case", default="all", choices=("throughput", "discovery", "digits", "all"))
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--walkers", type=int, default=256)
+    a = ap.parse_args()
+    cases = ("throughput", "discovery", "digits") if a.case == "all" else (a.case,)
+    problem = iris_problem()
+    if "throughput" in cases:
+        print("# throughput: Iris 4-5-3, fixed step 1.0, T 0.01 (pele 0.1.2: ~120 converged quenches per CPU-s)")
+        s = landscape.Settings(walkers=a.walkers, step=1.0, adaptive=False, temperature=0.01)
+        show(ours(problem, s, a.seconds))
+        show(ours(problem, s, a.seconds, threads=2))
+        show(scipy_bh(problem, 1.0, True, a.seconds))
+        show(pele_bh(problem, 1.0, True, a.seconds) or {"tool": "pele", "skipped": "not installed"})
+    if "discovery" in cases:
+        print("# discovery: Iris 4-5-3, adaptive steps from 1.0, T 0.01 (pele: 78-90 stored minima, "
+              "68-72 after clustering energies at 1e-5)")
+        s = landscape.Settings(walkers=a.walkers, step=1.0, adaptive=True, temperature=0.01)
+        full = ours(problem, s, a.seconds)
+        third = ours(problem, s, a.seconds / 3)
+        show(full)
+        show(third)
+        peers = [r for r in (scipy_bh(problem, 1.0, False, a.seconds), pele_bh(problem, 1.0, False, a.seconds)) if r]
+        for peer in peers:
+            show(peer)
+            n_peer, missed = distinct(problem, third["minima"], peer["points"])
+            print(json.dumps({"peer": peer["tool"], "peer_distinct_minima": n_peer,
+                              "of_which_ours_missed_in_a_third_of_the_time": missed}))
+        everything = np.concatenate([p["points"] for p in peers] + [third["minima"].coords])
+        n_all, missing = distinct(problem, full["minima"], everything)
+        print(json.dumps({"distinct_minima_ours_full_run": len(full["minima"]),
+                          "found_by_others_but_not_by_ours_full_run": missing}))
+    if "digits" in cases:
+        print("# digits 64-32-10: fixed step 0.3, T 0.01 (pele: 14.4 converged quenches per CPU-s, 80 evaluations each)")
+        d = digits_problem()
+        s = landscape.Settings(walkers=8, step=0.3, adaptive=False, temperature=0.01, hessian="lanczos")
+        show(ours(d, s, a.seconds))
+        show(ours(d, s, a.seconds, threads=2))
+        show(scipy_bh(d, 0.3, True, a.seconds))
+        show(pele_bh(d, 0.3, True, a.seconds) or {"tool": "pele", "skipped": "not installed"})
+
+
+if __name__ == "__main__":
+    main()
