@@ -1,6 +1,8 @@
 """The ``landscape`` command: a thin face over the Python API (parse, call, print).
 
     landscape sample  DB [--config runs/iris.toml] [problem options] [sampler options]
+    landscape score   DB --eps 0.01 0.05 0.1 [--method ibp|crown|ibp+crown] [--space logits|...]
+                         [--split train|test]
     landscape inspect DB [--json] [--lowest N]
 
 Errors are one line on stderr with exit status 2; nothing already in the database is lost.
@@ -23,6 +25,7 @@ from .data import SCALINGS, SOURCES, DataSpec
 from .database import Database, DatabaseError
 from .models import ACTIVATIONS
 from .problem import ARCHITECTURES, Problem
+from .scoring import METHODS, SPACES, SPLITS, score
 
 PROBLEM_KEYS = ("data", "data_path", "label_column", "scaling", "test_fraction", "split_seed", "limit", "arch",
                 "hidden", "channels", "activation", "bias", "lam")
@@ -77,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue the walkers of the last run")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    c = sub.add_parser("score", help="robustness scores (sensitivity) of every stored minimum")
+    c.add_argument("db")
+    c.add_argument("--eps", type=float, nargs="+", required=True, help="l-inf radii in input units")
+    c.add_argument("--method", choices=METHODS, default="ibp", help="bounds (default ibp)")
+    c.add_argument("--space", choices=SPACES, default="logits", help="output space (default logits)")
+    c.add_argument("--split", choices=SPLITS, default="test", help="data points (default test)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+
     i = sub.add_parser("inspect", help="what is in a database")
     i.add_argument("db")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -90,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sample":
             return _sample(args, "landscape " + shlex.join(argv))
+        if args.command == "score":
+            return _score(args)
         return _inspect(args)
     except (ValueError, FileNotFoundError, DatabaseError, OSError, tomllib.TOMLDecodeError) as e:
         return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -133,6 +146,13 @@ def _sample(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    done = score(args.db, args.eps, method=args.method, space=args.space, split=args.split, progress=not args.quiet)
+    for name, n in done.items():
+        print(f"{name}: {n} minima scored" + ("" if n else " (all were scored already)"))
+    return 0
+
+
 def _problem(o: dict) -> Problem:
     data_fields = {"data_path": "path", "label_column": "label_column", "scaling": "scaling",
                    "test_fraction": "test_fraction", "split_seed": "split_seed", "limit": "limit"}
@@ -155,6 +175,10 @@ def summary(db: Database, lowest: int = 10) -> dict:
         "lowest": [{"id": int(i), "energy": float(m.energy[i]), "grad_rms": float(m.grad_rms[i]),
                     "hits": int(m.hits[i]), "lowest_eigenvalue": _nan_none(m.eigenvalues[i, 0]),
                     "first_found": [int(v) for v in m.first_found[i]]} for i in order],
+        "scores": {name: {**{k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()},
+                          "scored": int(np.isfinite(values).sum()),
+                          "lowest_minima": [_nan_none(values[i]) for i in order]}
+                   for name, (values, attrs) in db.scores().items()},
         "runs": db.runs(),
     }
 
@@ -182,6 +206,9 @@ def _inspect(args: argparse.Namespace) -> int:
             eig = "-" if r["lowest_eigenvalue"] is None else f"{r['lowest_eigenvalue']:.3e}"
             print(f"{r['id']:>6} {r['energy']:>18.12f} {r['grad_rms']:>10.2e} {r['hits']:>6} {eig:>11}  "
                   f"{tuple(r['first_found'])}")
+    for name, sc in s["scores"].items():
+        vals = ", ".join("-" if v is None else f"{v:.3f}" for v in sc["lowest_minima"])
+        print(f"score {name}: {sc['scored']}/{s['n_minima']} minima; lowest minima: {vals}")
     for r in s["runs"]:
         c = r["counters"]
         print(f"run {r['id']}: {r['status']}; {r['started']} -> {r['ended'] or '?'}; seed {r['seed']}; "

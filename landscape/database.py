@@ -11,6 +11,7 @@ Layout (schema version 1; every group and dataset carries a ``description`` attr
     /minima/eigenvalues    (N, k) float64  lowest Hessian eigenvalues, ascending
     /minima/hits           (N,)   int64    how often a quench found this minimum
     /minima/first_found    (N, 3) int64    (run, walker, step) of the first find
+    /scores/<name>         (N,)   float64  one score per minimum (NaN: not computed); attrs say what
     /runs/<id>             attrs: command, seed, parameters (JSON), started, ended, status
     /runs/<id>/counters    (C,)   float64  names in attr 'names'
     /runs/<id>/walkers/*   walker state that --resume continues from
@@ -171,6 +172,34 @@ class Database:
             h = self.f["minima/hits"]
             for i, k in zip(u, c):
                 h[i] = h[i] + k
+
+    # -- scores --------------------------------------------------------------------------------
+    def scores(self) -> dict[str, tuple[np.ndarray, dict]]:
+        """Every stored score: name -> (values (N,) with NaN where not computed, attributes)."""
+        if "scores" not in self.f:
+            return {}
+        n = len(self)
+        out = {}
+        for name, ds in self.f["scores"].items():
+            v = np.full(n, np.nan)
+            v[: ds.shape[0]] = ds[()]
+            out[name] = (v, dict(ds.attrs))
+        return out
+
+    def write_score(self, name: str, ids: np.ndarray, values: np.ndarray, attrs: dict) -> None:
+        """Store ``values`` of the minima ``ids`` in /scores/<name> (created with ``attrs``)."""
+        g = self.f.require_group("scores")
+        g.attrs["description"] = "scores of the minima, one dataset per score, rows as in /minima"
+        if name not in g:
+            ds = g.create_dataset(name, (0,), maxshape=(None,), dtype="f8", chunks=(1024,), fillvalue=np.nan)
+            ds.attrs.update(attrs)
+        ds = g[name]
+        if ds.shape[0] < len(self):
+            ds.resize((len(self),))
+        ids = np.asarray(ids)
+        order = np.argsort(ids)
+        ds[ids[order]] = np.asarray(values)[order]
+        self.f.flush()
 
     # -- runs ----------------------------------------------------------------------------------
     def start_run(self, command: str, seed: int, parameters: dict, walker_shapes: dict[str, tuple]) -> int:

@@ -46,9 +46,8 @@ class Energy:
             raise ValueError(f"y must have shape ({X.shape[0]},) to match X, got {y.shape}")
         if not np.all(np.isfinite(X)):
             raise ValueError("X contains NaN or infinite values")
-        n_classes = model.widths[-1] if isinstance(model, MLP) else model.n_classes
-        if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= n_classes):
-            raise ValueError(f"y must hold integer class indices in [0, {n_classes}); got {y.dtype} "
+        if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= model.n_classes):
+            raise ValueError(f"y must hold integer class indices in [0, {model.n_classes}); got {y.dtype} "
                              f"in [{y.min()}, {y.max()}]")
         self.model, self.lam, self.n_params = model, float(lam), model.n_params
         self.X, self.y = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))

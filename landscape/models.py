@@ -23,8 +23,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import robustness
+
 ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
 MODULES = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
+ROBUST_ACTIVATIONS = {"tanh": robustness.Tanh, "sigmoid": robustness.Sigmoid, "relu": robustness.ReLU}
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,10 @@ class MLP(_FlatParameters):
     def n_classes(self) -> int:
         return self.widths[-1]
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.widths[0],)
+
     def blocks(self) -> list[Block]:
         out, off = [], 0
         for l, (a, b) in enumerate(zip(self.widths[:-1], self.widths[1:])):
@@ -142,6 +149,17 @@ class MLP(_FlatParameters):
             if l < len(layers) - 1:
                 h = act(h)
         return h
+
+    def to_network(self, w: np.ndarray | torch.Tensor) -> robustness.Network:
+        """The K networks of ``w`` (K, P) as one batched :class:`robustness.Network` (for bounds)."""
+        w = _as_batch(w, self.n_params)
+        act = ROBUST_ACTIVATIONS[self.activation]
+        layers: list = []
+        for l, (W, b) in enumerate(self.layers(w)):
+            layers.append(robustness.Linear(W.transpose(1, 2), b))
+            if l < len(self.widths) - 2:
+                layers.append(act())
+        return robustness.Network(tuple(layers), (self.n_inputs,))
 
     def to_module(self, w: np.ndarray | torch.Tensor) -> nn.Sequential:
         """An ordinary ``nn.Sequential`` (float64) computing the same logits as ``w`` (P,)."""
@@ -264,6 +282,20 @@ class CNN(_FlatParameters):
         """Logits (K, N, C) for parameters ``w`` (K, P) and inputs ``X`` (N, D)."""
         return torch.func.vmap(self._single, in_dims=(0, None))(w, X)
 
+    def to_network(self, w: np.ndarray | torch.Tensor) -> robustness.Network:
+        """The K networks of ``w`` (K, P) as one batched :class:`robustness.Network` (for bounds),
+        taking images of shape ``input_shape``."""
+        w = _as_batch(w, self.n_params)
+        views = {b.name: b.view(w) for b in self.blocks()}
+        act = ROBUST_ACTIVATIONS[self.activation]
+        pad = (self.kernel_size // 2,) * 2
+        layers: list = []
+        for l in range(len(self.channels)):
+            layers += [robustness.Conv2d(views[f"conv{l}.weight"], views.get(f"conv{l}.bias"), padding=pad), act(),
+                       robustness.AvgPool2d((self.pool, self.pool))]
+        layers += [robustness.Flatten(), robustness.Linear(views["W"].transpose(1, 2), views.get("b"))]
+        return robustness.Network(tuple(layers), self.input_shape)
+
     def to_module(self, w: np.ndarray | torch.Tensor) -> nn.Sequential:
         """An ordinary ``nn.Sequential`` (float64) computing the same logits as ``w`` (P,)."""
         w = _as_row(w, self.n_params)[0]
@@ -317,6 +349,14 @@ def from_dict(d: dict) -> Model:
     if kind == "cnn":
         return CNN(**d)
     raise ValueError(f"unknown model kind {kind!r}: expected 'mlp' or 'cnn'")
+
+
+def _as_batch(w: np.ndarray | torch.Tensor, n_params: int) -> torch.Tensor:
+    t = torch.as_tensor(w, dtype=torch.float64)
+    t = t[None] if t.ndim == 1 else t
+    if t.ndim != 2 or t.shape[1] != n_params:
+        raise ValueError(f"parameters must have shape (K, {n_params}), got {tuple(t.shape)}")
+    return t
 
 
 def _as_row(w: np.ndarray | torch.Tensor, n_params: int) -> torch.Tensor:

@@ -1,0 +1,57 @@
+"""Accuracy-type scores of K networks on a data set, each of shape (K,).
+
+Inputs x: (N, *input_shape) or (K, N, *input_shape); labels y: (N,) integers.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._inputs import as_batch, as_labels, check_choice
+from .attacks import deepfool, pgd
+from .bounds import METHODS, logit_differences, output_bounds
+from .network import Network, forward
+
+
+def _labels(net: Network, x: Tensor, y: Tensor) -> Tensor:
+    return as_labels(y, as_batch(x, net.input_shape, net.k, net.dtype).shape[1], net.n_outputs)
+
+
+def clean_accuracy(net: Network, x: Tensor, y: Tensor) -> Tensor:
+    """Fraction of points whose predicted class is y."""
+    y = _labels(net, x, y)
+    with torch.no_grad():
+        return (forward(net, x).argmax(-1) == y).double().mean(-1)
+
+
+def robust_accuracy(net: Network, x: Tensor, y: Tensor, eps: float, *, steps: int = 40,
+                    step_size: float | None = None, restarts: int = 1, domain=None,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """Fraction of points classified correctly both at x and at the PGD adversary
+    (cross-entropy, see :func:`~robustness.attacks.pgd`): an upper estimate of the
+    accuracy under every attack of size eps."""
+    y = _labels(net, x, y)
+    adv = pgd(net, x, eps, labels=y, steps=steps, step_size=step_size, restarts=restarts, domain=domain,
+              generator=generator)
+    with torch.no_grad():
+        correct = (forward(net, x).argmax(-1) == y) & (forward(net, adv).argmax(-1) == y)
+    return correct.double().mean(-1)
+
+
+def verified_accuracy(net: Network, x: Tensor, y: Tensor, eps: float, *, method: str = "ibp+crown",
+                      domain=None) -> Tensor:
+    """Fraction of points with y_true - y_j > 0 proven for all j != true over the
+    whole ball: a lower bound of the accuracy under every attack of size eps."""
+    check_choice("method", method, METHODS)
+    y = _labels(net, x, y)
+    with torch.no_grad():
+        _, upper = output_bounds(net, x, eps, method, C=logit_differences(y, net.n_outputs), domain=domain)
+    return (upper < 0).all(-1).double().mean(-1)
+
+
+def rho_adv(net: Network, x: Tensor, *, overshoot: float = 0.02, max_iter: int = 50) -> Tensor:
+    """DeepFool robustness: mean over points of ||r||_2 / ||x||_2, r from
+    :func:`~robustness.attacks.deepfool` (points it did not flip included)."""
+    xb = as_batch(x, net.input_shape, net.k, net.dtype)
+    r, _ = deepfool(net, xb, overshoot=overshoot, max_iter=max_iter)
+    return (r.flatten(2).norm(dim=-1) / xb.flatten(2).norm(dim=-1)).mean(-1)

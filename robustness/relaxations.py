@@ -1,0 +1,107 @@
+"""Sound linear bounds of activations over a pre-activation interval [l, u].
+
+Each function returns a :class:`Relaxation` of tensors shaped like ``l``: lines
+with ``lower_slope * x + lower_intercept <= f(x) <= upper_slope * x + upper_intercept``
+for every x in [l, u] (exact arithmetic; rounding adds a few ulps).
+
+ReLU: identity or zero when stable; for l < 0 < u the chord above and the line of
+slope 1 (if u >= -l) or 0 below (the adaptive CROWN choice).
+
+tanh (convex on (-inf, 0], concave on [0, inf)); upper line:
+  * u <= 0: the chord;  l >= 0: the tangent at the midpoint (least area);
+  * l < 0 < u: the chord if it lies above tanh, which holds iff u <= d*(l), where
+    d*(l) > 0 is the point whose tangent passes through (l, tanh(l)); otherwise the
+    tangent at d = min(max(d*, (l+u)/2), u). Any tangent at d in [d*, u] is sound: it
+    is above tanh on [0, u] by concavity and, meeting or passing above (l, tanh(l))
+    and (0, 0), above the convex part on [l, 0]; the midpoint clamp minimises area.
+    d*(l) is read from a table on a 1e-3 grid over l in [-20, 0], at the grid point
+    at or below l (d* decreases in l, so this over-estimates d*, which stays sound);
+    the table holds the upper end of a bisection bracket, rounded up to the dtype.
+    For l < -20, d = u.
+The lower line follows from the odd symmetry, lower(l, u) = -upper(-u, -l), and
+sigmoid from sigmoid(x) = (1 + tanh(x / 2)) / 2.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+_GRID_MIN = -20.0
+_GRID_STEP = 1e-3
+_GRID_SIZE = 20001  # grid points l_i = _GRID_MIN + i * _GRID_STEP, i < _GRID_SIZE, up to 0
+
+
+class Relaxation(NamedTuple):
+    """Lines bounding f on [l, u]: lower_slope x + lower_intercept <= f(x) <= upper_slope x + upper_intercept."""
+
+    lower_slope: Tensor
+    lower_intercept: Tensor
+    upper_slope: Tensor
+    upper_intercept: Tensor
+
+
+def _dtanh(x: Tensor) -> Tensor:
+    t = torch.tanh(x)
+    return (1 - t) * (1 + t)
+
+
+@functools.lru_cache(maxsize=None)
+def _tangent_table(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """d*(l_i) on the grid, rounded up: the tangent of tanh at d* passes through (l_i, tanh(l_i))."""
+    l = _GRID_MIN + _GRID_STEP * torch.arange(_GRID_SIZE, dtype=torch.float64)
+    lo, hi = torch.zeros_like(l), -l  # h(0) <= 0 <= h(-l)
+    tl = torch.tanh(l)
+    for _ in range(60):
+        d = (lo + hi) / 2
+        above = torch.tanh(d) + _dtanh(d) * (l - d) >= tl  # tangent at d passes above (l, tanh l)
+        hi, lo = torch.where(above, d, hi), torch.where(above, lo, d)
+    table = hi.to(dtype)
+    table = torch.where(table.double() < hi, torch.nextafter(table, torch.tensor(float("inf"), dtype=dtype)), table)
+    return table.to(device)
+
+
+def _tangent_point(l: Tensor) -> Tensor:
+    """An upper estimate of d*(l) for l < 0 (+inf below the table, meaning: use d = u)."""
+    table = _tangent_table(l.dtype, l.device)
+    index = torch.floor((l - _GRID_MIN) / _GRID_STEP).clamp(-1, _GRID_SIZE - 1).long()
+    return torch.where(index >= 0, table[index.clamp(min=0)], torch.inf)
+
+
+def _tanh_upper(l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Slope and intercept of a line above tanh on [l, u]."""
+    fl, fu = torch.tanh(l), torch.tanh(u)
+    width = u - l
+    positive = width > 0
+    chord = torch.where(positive, (fu - fl) / torch.where(positive, width, 1), _dtanh(l))
+    use_chord = (u <= 0) | ((l < 0) & (_dtanh(u) * width >= fu - fl))
+    mid = (l + u) / 2
+    d = torch.where(l >= 0, mid, torch.minimum(torch.maximum(_tangent_point(l), mid), u))
+    slope = torch.where(use_chord, chord, _dtanh(d))
+    intercept = torch.where(use_chord, fl - chord * l, torch.tanh(d) - _dtanh(d) * d)
+    return slope, intercept
+
+
+def relu(l: Tensor, u: Tensor) -> Relaxation:
+    """Linear bounds of max(x, 0) on [l, u]."""
+    active, crossing = l >= 0, (l < 0) & (u > 0)
+    chord = u / torch.where(crossing, u - l, 1)
+    upper_slope = torch.where(active, 1.0, torch.where(crossing, chord, 0.0)).to(l.dtype)
+    lower_slope = torch.where(active | (crossing & (u >= -l)), 1.0, 0.0).to(l.dtype)
+    zero = torch.zeros_like(l)
+    return Relaxation(lower_slope, zero, upper_slope, torch.where(crossing, -chord * l, zero))
+
+
+def tanh(l: Tensor, u: Tensor) -> Relaxation:
+    """Linear bounds of tanh on [l, u]."""
+    upper_slope, upper_intercept = _tanh_upper(l, u)
+    lower_slope, minus_intercept = _tanh_upper(-u, -l)
+    return Relaxation(lower_slope, -minus_intercept, upper_slope, upper_intercept)
+
+
+def sigmoid(l: Tensor, u: Tensor) -> Relaxation:
+    """Linear bounds of the logistic sigmoid on [l, u]."""
+    t = tanh(l / 2, u / 2)
+    return Relaxation(t.lower_slope / 4, (1 + t.lower_intercept) / 2, t.upper_slope / 4, (1 + t.upper_intercept) / 2)

@@ -1,0 +1,59 @@
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import landscape
+import robustness
+from landscape.cli import main
+from landscape.database import Database
+from landscape.scoring import score
+
+
+@pytest.fixture(scope="module")
+def db_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("score") / "s.h5"
+    problem = landscape.Problem.create("iris", hidden=(3,), lam=1e-3, test_fraction=0.3)
+    landscape.sample(problem, str(path), landscape.Settings(walkers=6), steps=4, seed=0, progress=False)
+    return path
+
+
+def test_score_stores_one_value_per_minimum_and_is_idempotent(db_path):
+    done = score(str(db_path), [0.01, 0.1], method="ibp", progress=False)
+    with Database(db_path) as db:
+        n = len(db)
+        scores = db.scores()
+        m = db.minima()
+        problem = db.problem
+    assert done == {"sensitivity_logits_ibp_eps0.01_test": n, "sensitivity_logits_ibp_eps0.1_test": n}
+    values, attrs = scores["sensitivity_logits_ibp_eps0.1_test"]
+    assert values.shape == (n,) and np.all(np.isfinite(values))
+    assert attrs["eps"] == 0.1 and attrs["method"] == "ibp" and attrs["split"] == "test" and attrs["n_points"] == 45
+    assert np.all(values > scores["sensitivity_logits_ibp_eps0.01_test"][0])  # a larger ball, a larger box
+    # the stored score of a minimum is the sensitivity of its own nn.Module
+    ds = problem.dataset()
+    net = robustness.from_sequential(problem.model.to_module(m.coords[-1]), (4,))
+    direct = robustness.log_volume(net, torch.from_numpy(ds.X_test), 0.1, method="ibp").mean.item()
+    np.testing.assert_allclose(values[-1], direct, rtol=1e-12)
+    before = db_path.read_bytes()
+    assert score(str(db_path), [0.01], method="ibp", progress=False) == {"sensitivity_logits_ibp_eps0.01_test": 0}
+    with h5py.File(db_path, "r") as f:
+        assert f["scores/sensitivity_logits_ibp_eps0.01_test"].shape == (n,)
+    assert len(before) == db_path.stat().st_size
+
+
+def test_new_minima_get_scored_on_rerun(db_path):
+    score(str(db_path), [0.05], method="crown", space="logit_diff", progress=False)
+    problem = landscape.Problem.from_json(h5py.File(db_path, "r")["problem"].attrs["problem"])
+    landscape.sample(problem, str(db_path), landscape.Settings(walkers=6), steps=4, seed=7, progress=False)
+    with Database(db_path) as db:
+        n_new = len(db)
+        old = np.isfinite(db.scores()["sensitivity_logit_diff_crown_eps0.05_test"][0]).sum()
+    done = score(str(db_path), [0.05], method="crown", space="logit_diff", progress=False)
+    assert done["sensitivity_logit_diff_crown_eps0.05_test"] == n_new - old
+
+
+def test_score_cli_errors(db_path, capsys):
+    assert main(["score", str(db_path), "--eps", "-1"]) == 2
+    assert "eps" in capsys.readouterr().err
+    assert main(["score", str(db_path), "--eps", "0.1", "--split", "train", "--quiet"]) == 0
