@@ -183,6 +183,7 @@ typedef struct {
     double *ylab; /* (Npad) class as double, -1 for padding */
     int nscratch;
     scratch_t *scr;
+    int last_threads; /* threads used by the last mlpk_eval */
 } ctx_t;
 
 /* ------------------------------------------------------------------ tiles */
@@ -711,6 +712,7 @@ void *mlpk_create(int L, const int *widths, int act, int bias, long N, const dou
 
 long mlpk_nparams(void *h) { return ((ctx_t *)h)->P; }
 int mlpk_chunk(void *h) { return ((ctx_t *)h)->NC; }
+int mlpk_last_threads(void *h) { return ((ctx_t *)h)->last_threads; }
 
 /* E (K), G (K, P) for w (K, P); rows contiguous. Returns 0, or -1 when out of memory. */
 int mlpk_eval(void *h, long K, const double *w, double *E, double *G, int nthreads)
@@ -737,6 +739,7 @@ int mlpk_eval(void *h, long K, const double *w, double *E, double *G, int nthrea
         if (have + 1 < nthreads) nthreads = have + 1;
     }
     if (ensure_scratch(c, nthreads) != 0) return -1;
+    c->last_threads = nthreads;
     job_t jb;
     jb.c = c;
     jb.w = w;

@@ -290,7 +290,7 @@ class _Sampler:
         """'same' (a stored minimum found again: hits + 1, coordinates improved if this copy is
         better converged), 'new' (stored), 'refine' (converge further before deciding) or 'saddle'."""
         p = Point(E, x, grad_rms * np.sqrt(self.P), grad=grad)
-        m = self.index.match(p)
+        m = self.index.match(p, ambiguity=grad_rms > self.s.refine_tol and not refined)
         if m.same is not None:
             self.pending_hits.append(m.same)
             q = self.index.points[m.same]

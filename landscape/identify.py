@@ -155,6 +155,7 @@ class MinimaIndex:
         self._energies: list[float] = []
         self._ids: list[int] = []
         self.points: dict[int, Point] = {}
+        self._sigs: dict[int, list[np.ndarray]] = {}
         self._max_g, self._min_curv = 0.0, fallback_curvature
 
     def __len__(self) -> int:
@@ -167,12 +168,14 @@ class MinimaIndex:
         self._energies.insert(k, p.energy)
         self._ids.insert(k, id_)
         self.points[id_] = p
+        self._sigs[id_] = self._signature(p.x)
         self._max_g = max(self._max_g, p.gnorm)
         if p.curvature > 0:
             self._min_curv = min(self._min_curv, p.curvature)
 
     def remove(self, id_: int) -> None:
         p = self.points.pop(id_)
+        del self._sigs[id_]
         k = bisect.bisect_left(self._energies, p.energy)
         while self._ids[k] != id_:
             k += 1
@@ -188,19 +191,32 @@ class MinimaIndex:
         r = np.linalg.norm(self.hvp(q.x, delta) - apply(p.grad, self.groups, moves))
         return bool(r <= NEWTON_KAPPA * p.gnorm + (1 + NEWTON_KAPPA) * q.gnorm + 1e-12 * np.sqrt(delta.size))
 
-    def match(self, p: Point) -> Match:
-        """Which stored minimum ``p`` is, if any (see the module docstring for the rule)."""
+    def _signature(self, x: np.ndarray) -> list[np.ndarray]:
+        """Per group, the sorted norms of the units' (incoming, outgoing) vectors: invariant under
+        the symmetries, and ||sig_g(a) - sig_g(b)|| <= ||a - align(a, b)|| for every group g
+        (unit blocks of a group are disjoint; sorting solves the matching of norms)."""
+        return [np.sort(np.sqrt((x[g.incoming] ** 2).sum(1) + (x[g.outgoing] ** 2).sum(1))) for g in self.groups]
+
+    def match(self, p: Point, ambiguity: bool = True) -> Match:
+        """Which stored minimum ``p`` is, if any (see the module docstring for the rule).
+        ``ambiguity=False`` looks only for a 'same' verdict (when ``p`` cannot be refined)."""
+        factor = AMBIGUITY if ambiguity else 1.0
         probe = Point(p.energy, p.x, max(p.gnorm, self._max_g))
-        reach = AMBIGUITY * tolerances(p, probe, self._min_curv)[0]
+        reach = factor * tolerances(p, probe, self._min_curv)[0]
         lo = bisect.bisect_left(self._energies, p.energy - reach)
         hi = bisect.bisect_right(self._energies, p.energy + reach)
         cand = sorted(self._ids[lo:hi], key=lambda i: abs(self.points[i].energy - p.energy))
         ambiguous, best = [], np.inf
+        sig = self._signature(p.x) if cand else []
         for i in cand:
             q = self.points[i]
             e_tol, d_tol = tolerances(p, q, self.fallback)
             de = abs(p.energy - q.energy)
-            if de > AMBIGUITY * e_tol:
+            if de > factor * e_tol:
+                continue
+            bound = max(float(np.linalg.norm(a - b)) for a, b in zip(sig, self._sigs[i])) if sig else 0.0
+            if bound > factor * d_tol:  # provably too far apart: no alignment needed
+                best = min(best, bound)
                 continue
             moves = alignment(q.x, p.x, self.groups)
             delta = apply(p.x, self.groups, moves) - q.x
@@ -208,6 +224,6 @@ class MinimaIndex:
             best = min(best, d)
             if de <= e_tol and d <= d_tol and self._newton_consistent(p, q, delta, moves):
                 return Match(i, (), d)
-            if d <= AMBIGUITY * d_tol:
+            if d <= factor * d_tol and ambiguity:
                 ambiguous.append(i)
         return Match(None, tuple(ambiguous), best)

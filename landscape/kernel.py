@@ -156,6 +156,8 @@ def _load() -> ctypes.CDLL | None:
             lib.mlpk_nparams.restype = L
             lib.mlpk_chunk.argtypes = [vp]
             lib.mlpk_chunk.restype = i
+            lib.mlpk_last_threads.argtypes = [vp]
+            lib.mlpk_last_threads.restype = i
             lib.mlpk_eval.argtypes = [vp, L, vp, vp, vp, i]
             lib.mlpk_eval.restype = i
             _state["lib"], _state["path"] = lib, path
@@ -347,6 +349,12 @@ class MLPKernel:
         if single:
             return float(out_E[0]), out_G
         return out_E, out_G
+
+    @property
+    def threads_used(self) -> int:
+        """Threads the last call ran on: at most `threads`, fewer when the batch is too small to
+        pay for waking a thread (about 10-20 us of work each), 0 before the first call."""
+        return int(self._lib.mlpk_last_threads(self._h))
 
     def energy(self, w: Any) -> Any:
         """E (K,) for w (K, P) (computes the gradient too; the kernel is fused)."""

@@ -78,6 +78,7 @@ class LBFGS:
         self.nit, self.nfev = np.zeros(cap, np.int64), np.zeros(cap, np.int64)
         self.fails, self.tag = np.zeros(cap, np.int64), np.zeros(cap, np.int64)
         self.active = np.zeros(cap, bool)
+        self.pending = np.zeros(cap, bool)  # added, not evaluated yet
         self.tolv = np.zeros(cap)
 
     def __len__(self) -> int:
@@ -86,20 +87,21 @@ class LBFGS:
     def _grow(self, need: int) -> None:
         """Make room for ``need`` more problems, compacting running ones to the front."""
         keep = np.flatnonzero(self.active)
-        cap = max(len(keep) + need, 2 * len(keep))
-        old = (self.x, self.g, self.E, self.S, self.Y, self.rho, self.gamma, self.nit, self.nfev, self.fails, self.tag)
-        tolv = self.tolv
-        self._alloc(cap)
         n = len(keep)
-        for new, o in zip((self.x, self.g, self.E, self.gamma, self.nit, self.nfev, self.fails, self.tag, self.tolv),
-                          (old[0], old[1], old[2], old[6], old[7], old[8], old[9], old[10], tolv)):
-            new[:n] = o[keep]
-        self.S[:, :n], self.Y[:, :n], self.rho[:, :n] = old[3][:, keep], old[4][:, keep], old[5][:, keep]
+        names = ("x", "g", "E", "gamma", "nit", "nfev", "fails", "tag", "tolv", "pending")
+        old = {name: getattr(self, name)[keep] for name in names}
+        S, Y, rho = self.S[:, keep], self.Y[:, keep], self.rho[:, keep]
+        self._alloc(max(n + need, 2 * n))
+        for name in names:
+            getattr(self, name)[:n] = old[name]
+        self.S[:, :n], self.Y[:, :n], self.rho[:, :n] = S, Y, rho
         self.active[:n] = True
 
     def add(self, x: np.ndarray, tags: np.ndarray | None = None, tol: float | None = None) -> None:
         """Start minimisations from the rows of ``x`` (k, P); ``tags`` (k,) label them (default 0..k-1);
-        ``tol`` overrides the batch's RMS-gradient tolerance for these problems."""
+        ``tol`` overrides the batch's RMS-gradient tolerance for these problems. Starting points
+        are evaluated together at the next :meth:`step`. (Starting with the memory of a walker's
+        previous quench was measured and is worse: 216 against 144 evaluations per Iris quench.)"""
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
         if x.shape[1] != self.P:
             raise ValueError(f"starting points must have shape (k, {self.P}), got {x.shape}")
@@ -110,13 +112,20 @@ class LBFGS:
             self._grow(k - len(free))
             free = np.flatnonzero(~self.active)
         slot = free[:k]
-        E, G = self.fun(x)
-        self.x[slot], self.E[slot], self.g[slot] = x, E, G
+        self.x[slot] = x
         self.rho[:, slot] = 0.0
         self.gamma[slot] = self.h0
-        self.nit[slot], self.nfev[slot], self.fails[slot], self.tag[slot] = 0, 1, 0, tags
+        self.nit[slot], self.nfev[slot], self.fails[slot], self.tag[slot] = 0, 0, 0, tags
         self.tolv[slot] = self.tol if tol is None else tol
         self.active[slot] = True
+        self.pending[slot] = True
+
+    def _evaluate_pending(self) -> None:
+        p = np.flatnonzero(self.pending)
+        if len(p):
+            self.E[p], self.g[p] = self.fun(self.x[p])
+            self.nfev[p] += 1
+            self.pending[p] = False
 
     def _direction(self, sel: slice | np.ndarray) -> np.ndarray:
         """-H g for the slots ``sel`` by the two-loop recursion, newest pair first."""
@@ -140,6 +149,7 @@ class LBFGS:
 
     def step(self) -> MinimizeResult:
         """One iteration of every running problem; returns the problems that finished."""
+        self._evaluate_pending()
         idx = np.flatnonzero(self.active)
         if len(idx) == 0:
             return self._result(idx)
@@ -211,6 +221,7 @@ class LBFGS:
 
     def finished_initially(self) -> MinimizeResult:
         """Problems that were already converged (or non-finite) when added, removed from the batch."""
+        self._evaluate_pending()
         idx = np.flatnonzero(self.active & (self.nit == 0))
         stop = (self._grad_rms(idx) <= self.tolv[idx]) | ~np.isfinite(self.E[idx])
         return self._result(idx[stop])

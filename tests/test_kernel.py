@@ -167,16 +167,18 @@ def test_nan_parameters_give_nan():
 
 def test_batched_equals_single_calls_and_threads():
     widths = [9, 8, 5]
-    X, y = problem(widths, 67, seed=7)
-    k = kernel.MLPKernel(widths, "sigmoid", True, X, y, 1e-4)
+    X, y = problem(widths, 701, seed=7)  # enough work per walker for the threads to be used
+    k = kernel.MLPKernel(widths, "sigmoid", True, X, y, 1e-4, chunk=64)
     K = 13
     w = np.random.default_rng(8).normal(size=(K, k.n_params))
     E1, G1 = k.energy_gradient(w, threads=1)
     for j in range(K):
         e, g = k.energy_gradient(np.array(w[j]))  # a fresh, differently placed buffer
         assert e == E1[j] and np.array_equal(g, G1[j])
+    assert k.threads_used == 1
     for t in (2, 3, 5):
         Et, Gt = k.energy_gradient(w, threads=t)
+        assert k.threads_used == t
         assert np.array_equal(Et, E1) and np.array_equal(Gt, G1)
     # misaligned rows (offset by one double in a larger buffer) give the same bits
     big = np.empty(K * k.n_params + 1)
@@ -307,15 +309,17 @@ print(k.energy_gradient(np.zeros((1, k.n_params)))[0][0])
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_thread_pool_survives_fork():
-    X, y = problem([4, 5, 3], 40)
+    X, y = problem([4, 5, 3], 2000)
     k = kernel.MLPKernel([4, 5, 3], "tanh", True, X, y, 1e-4, threads=2)
     w = np.random.default_rng(11).normal(size=(8, k.n_params))
     E, _ = k.energy_gradient(w)  # starts the pool in the parent
+    assert k.threads_used == 2
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: the pool's workers do not exist here
         try:
             Ec, _ = k.energy_gradient(w)
+            assert k.threads_used == 2
             os.write(wfd, Ec.tobytes())
         finally:
             os._exit(0)

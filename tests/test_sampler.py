@@ -88,6 +88,19 @@ def test_alignment_undoes_a_random_symmetry_with_near_ties():
     assert identify.distance(x, y, groups) < 1e-6
 
 
+def test_signature_bound_never_exceeds_the_aligned_distance():
+    from landscape.models import CNN, MLP
+    rng = np.random.default_rng(1)
+    for model in (MLP((3, 6, 4, 2), "tanh"), MLP((3, 5, 2), "relu"), CNN((1, 4, 4), 2, (3,))):
+        index = identify.MinimaIndex(model.unit_groups(), 1e-3)
+        for _ in range(20):
+            a, b = rng.normal(size=(2, model.n_params))
+            bound = max(np.linalg.norm(u - v) for u, v in zip(index._signature(a), index._signature(b)))
+            assert bound <= identify.distance(a, b, model.unit_groups()) + 1e-12
+            assert max(np.linalg.norm(u - v) for u, v in zip(
+                index._signature(a), index._signature(identify.random_image(a, model.unit_groups(), rng)))) < 1e-12
+
+
 def test_same_seed_gives_the_same_minima(problem, tmp_path):
     runs = []
     for name in ("a.h5", "b.h5"):

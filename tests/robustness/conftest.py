@@ -2,13 +2,12 @@
 import numpy as np
 import pytest
 import torch
+from rb_nets import ACTIVATIONS, cnn, mlp
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
 from robustness import from_sequential
-
-from rb_nets import ACTIVATIONS, cnn, mlp
 
 
 @pytest.fixture(scope="session")

@@ -69,3 +69,13 @@ def test_deepfool_flips_label(networks, digits, kind, act):
     assert (before != after).all()
     # minimal: halving the perturbation mostly keeps the label
     assert (forward(net, x + 0.5 * r[0]).argmax(-1) == before).double().mean() > 0.8
+
+
+def test_attacks_work_inside_no_grad(networks, digits):
+    net = networks["mlp", "sigmoid", True]
+    x, y = digits[1][:5], digits[3][:5]
+    with torch.no_grad():
+        expected = fgsm(net, x, y, 0.05)
+        assert not torch.equal(expected[0], x)
+        r, _ = deepfool(net, x, max_iter=3)
+        assert r.abs().sum() > 0

@@ -1,12 +1,23 @@
 """Tightness, limits, batching and differentiability of the bounds."""
 import pytest
 import torch
+from rb_nets import cnn, mlp
 from torch import nn
 
-from robustness import Linear, Network, Tanh, crown, forward, from_sequential, ibp, log_volume, output_bounds, stack
+from robustness import (
+    Linear,
+    Network,
+    Tanh,
+    crown,
+    forward,
+    from_sequential,
+    ibp,
+    log_volume,
+    logit_differences,
+    output_bounds,
+    stack,
+)
 from robustness.sensitivity import box_log_volume
-
-from rb_nets import cnn, mlp
 
 METHODS = ("ibp", "crown", "ibp+crown")
 
@@ -119,3 +130,11 @@ def test_network_without_bias_and_ending_in_activation():
         lower, upper = output_bounds(net, x, 0.3, method)
         assert (ys >= lower[0] - 1e-12).all() and (ys <= upper[0] + 1e-12).all()
         assert (upper <= 1).all() and (lower >= 0).all()
+
+
+def test_logit_differences_rows():
+    C = logit_differences(torch.tensor([2, 0]), 3)
+    assert C.shape == (1, 2, 2, 3)
+    expected = torch.tensor([[[1.0, 0, -1], [0, 1, -1]], [[-1.0, 1, 0], [-1, 0, 1]]], dtype=torch.float64)
+    torch.testing.assert_close(C[0], expected)
+    assert logit_differences(torch.zeros(4, 5, dtype=torch.long), 3).shape == (4, 5, 2, 3)

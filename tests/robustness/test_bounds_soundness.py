@@ -89,3 +89,17 @@ def test_single_neuron_networks(act):
     for method in METHODS:
         lower, upper = output_bounds(net, torch.zeros(1, 1, dtype=torch.float64), 1.0, method)  # (K, 1, 1)
         assert_inside(samples, lower, upper)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("trained", [False, True])
+@pytest.mark.parametrize("eps, domain", [(0.001, None), (0.05, (0.0, 1.0)), (0.5, None), (1.0, (0.0, 1.0))])
+def test_outputs_inside_boxes_wide_sweep(networks, digits, kind, act, trained, eps, domain):
+    net = networks[kind, act, trained]
+    x = digits[1][10:20].view(10, *net.input_shape)
+    samples = probe(net, x, eps, domain)
+    for method in METHODS:
+        lower, upper = output_bounds(net, x, eps, method, domain=domain)
+        assert_inside(samples, lower[0], upper[0])

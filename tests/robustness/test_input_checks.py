@@ -3,8 +3,23 @@ import pytest
 import torch
 from torch import nn
 
-from robustness import (Linear, Network, Tanh, clean_accuracy, crown, deepfool, fgsm, forward, from_sequential, ibp,
-                        log_volume, output_bounds, pgd, stack, verified_accuracy)
+from robustness import (
+    Linear,
+    Network,
+    Tanh,
+    clean_accuracy,
+    crown,
+    deepfool,
+    fgsm,
+    forward,
+    from_sequential,
+    ibp,
+    log_volume,
+    output_bounds,
+    pgd,
+    stack,
+    verified_accuracy,
+)
 
 
 @pytest.fixture
@@ -47,6 +62,8 @@ def test_bad_inputs(net):
     raises("exactly one of labels and direction", pgd, net, X, 0.1)
     raises("steps must be an integer >= 1", pgd, net, X, 0.1, labels=Y, steps=0)
     raises("direction of shape", pgd, net, X, 0.1, direction=torch.ones(3))
+    raises("step_size must be finite and >= 0", pgd, net, X, 0.1, labels=Y, step_size=-1.0)
+    raises("overshoot must be finite and >= 0", deepfool, net, X, overshoot=float("inf"))
     raises("max_iter must be", deepfool, net, X, max_iter=0)
     raises("floor must be > 0", log_volume, net, X, 0.1, floor=0.0)
     raises("split must be a string", log_volume, net, X, 0.1, split=1)

@@ -1,11 +1,10 @@
 """Building networks and the forward pass."""
 import pytest
 import torch
+from rb_nets import cnn, mlp
 from torch import nn
 
 from robustness import AvgPool2d, Conv2d, Flatten, Linear, Network, ReLU, Tanh, crown, forward, from_sequential, stack
-
-from rb_nets import cnn, mlp
 
 
 @pytest.mark.parametrize("build, shape", [(mlp, (64,)), (cnn, (1, 8, 8))])

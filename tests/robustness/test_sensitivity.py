@@ -30,9 +30,9 @@ def test_floor_sets_value_for_zero_eps(networks, digits):
 
 def test_result_records_metadata_and_shapes(networks, digits):
     net = networks["mlp", "sigmoid", True]
-    s = log_volume(net, digits[1][:6], 0.05, method="crown", space="softmax", split="test")
+    s = log_volume(net, digits[1][:6], 0.05, method="crown", space="softmax", split="test", domain=(0, 1))
     assert isinstance(s, Sensitivity)
-    assert (s.eps, s.method, s.space, s.split) == (0.05, "crown", "softmax", "test")
+    assert (s.eps, s.method, s.space, s.split, s.domain) == (0.05, "crown", "softmax", "test", (0, 1))
     assert s.values.shape == (1, 6) and s.mean.shape == (1,)
     torch.testing.assert_close(s.mean, s.values.mean(-1))
     torch.testing.assert_close(s.robustness, -s.mean)
