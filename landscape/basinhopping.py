@@ -97,6 +97,18 @@ class SampleResult:
     status: str
 
 
+_WALKER_FIELDS = {
+    "x": "current (last accepted) minimum of each walker, flat parameters",
+    "energy": "its energy (inf: the walker restarts from x)",
+    "step": "current step size: max displacement per coordinate",
+    "steps": "basin-hopping steps taken in this run",
+    "acc": "acceptances since the last step-size adjustment",
+    "best": "lowest energy the walker reached since its last reseed",
+    "since_best": "steps since it last improved on best",
+    "rng": "PCG64 state: state hi, lo, inc hi, lo, has_uint32, uinteger",
+}
+
+
 class _Walkers:
     """State of K walkers as arrays, plus one random stream each."""
 
@@ -171,7 +183,7 @@ class _Sampler:
                                     float(m.eigenvalues[i, 0])))
         self.counters = dict.fromkeys(("steps", "quenches", "converged", "accepted", "new_minima", "saddles",
                                        "refinements", "nfev"), 0)
-        shapes = {name: (a.shape, a.dtype) for name, a in self.walkers.arrays().items()}
+        shapes = {name: (a.shape, a.dtype, _WALKER_FIELDS[name]) for name, a in self.walkers.arrays().items()}
         params = {**asdict(s), "walkers": K, "steps": steps, "minutes": minutes, "threads": threads,
                   "resume": resume, "energy_backend": self.energy.backend, "hessian_used": self.hessian}
         self.run_id = db.start_run(command, seed, params, shapes)

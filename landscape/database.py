@@ -203,8 +203,9 @@ class Database:
 
     # -- runs ----------------------------------------------------------------------------------
     def start_run(self, command: str, seed: int, parameters: dict, walker_shapes: dict[str, tuple]) -> int:
-        """Open a new run group and allocate its walker-state datasets; returns the run id.
-        Afterwards the file is in SWMR mode: minima and walker state can be written, nothing created."""
+        """Open a new run group and allocate its walker-state datasets (``walker_shapes``: name ->
+        (shape, dtype, description)); returns the run id. Afterwards the file is in SWMR mode:
+        minima and walker state can be written, nothing created."""
         runs = self.f["runs"]
         rid = len(runs)
         g = runs.create_group(str(rid))
@@ -215,8 +216,8 @@ class Database:
         c.attrs.update(names=json.dumps(COUNTERS), description="running totals of this run, in order of 'names'")
         wg = g.create_group("walkers")
         wg.attrs["description"] = "state of each walker at the last flush, for --resume"
-        for name, (shape, dt) in walker_shapes.items():
-            wg.create_dataset(name, shape, dtype=dt)
+        for name, (shape, dt, desc) in walker_shapes.items():
+            wg.create_dataset(name, shape, dtype=dt).attrs["description"] = desc
         self.f.flush()
         self.f.swmr_mode = True
         return rid

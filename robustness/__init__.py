@@ -20,6 +20,7 @@ from .sensitivity import Sensitivity, box_log_volume, log_volume
 
 __all__ = [
     "AvgPool2d", "Conv2d", "Flatten", "Linear", "Network", "ReLU", "Sensitivity", "Sigmoid", "Tanh",
-    "box_log_volume", "clean_accuracy", "crown", "deepfool", "fgsm", "forward", "from_sequential",
-    "ibp", "log_volume", "logit_differences", "output_bounds", "pgd", "rho_adv", "robust_accuracy", "stack", "verified_accuracy",
+    "box_log_volume", "clean_accuracy", "crown", "deepfool", "fgsm", "forward", "from_sequential", "ibp",
+    "log_volume", "logit_differences", "output_bounds", "pgd", "rho_adv", "robust_accuracy", "stack",
+    "verified_accuracy",
 ]

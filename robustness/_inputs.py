@@ -10,20 +10,23 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+Domain = tuple[float | Tensor, float | Tensor] | None
+"""Input domain (lower, upper): numbers or tensors broadcastable to one input; None = unbounded."""
 
-def check_eps(eps: float) -> float:
-    """Return ``eps`` as a float; it must be finite and >= 0."""
-    if isinstance(eps, Tensor):
-        if eps.numel() != 1:
-            raise ValueError(f"eps must be a single number, got a tensor of shape {tuple(eps.shape)}")
-        eps = eps.item()
+
+def check_nonnegative(value: float, name: str = "eps") -> float:
+    """Return ``value`` as a float; it must be finite and >= 0."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a single number, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
     try:
-        value = float(eps)
+        number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"eps must be a number, got {eps!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
-    return value
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return number
 
 
 def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
@@ -84,13 +87,13 @@ def as_spec(C: Tensor, k: int, n: int, n_out: int, dtype: torch.dtype) -> Tensor
     return C
 
 
-def input_box(x: Tensor, eps: float, domain: tuple | None) -> tuple[Tensor, Tensor]:
+def input_box(x: Tensor, eps: float, domain: Domain) -> tuple[Tensor, Tensor]:
     """The l-inf ball of radius ``eps`` around ``x``, intersected with ``domain``.
 
     ``domain`` is None or a pair (lower, upper) of numbers or tensors broadcastable
     to one input; ``x`` must lie inside it. Returns (lower, upper) shaped like ``x``.
     """
-    eps = check_eps(eps)
+    eps = check_nonnegative(eps)
     lo, hi = x - eps, x + eps
     if domain is None:
         return lo, hi
@@ -106,7 +109,8 @@ def input_box(x: Tensor, eps: float, domain: tuple | None) -> tuple[Tensor, Tens
         except RuntimeError:
             ok = False
         if not ok:
-            raise ValueError(f"domain bound of shape {tuple(bound.shape)} does not broadcast to one input {tuple(x.shape[2:])}")
+            raise ValueError(f"domain bound of shape {tuple(bound.shape)} does not broadcast to inputs "
+                             f"of shape {tuple(x.shape[2:])}")
     if torch.isnan(dlo).any() or torch.isnan(dhi).any() or (dlo > dhi).any():
         raise ValueError("domain must satisfy lower <= upper and hold no NaN")
     if ((x < dlo) | (x > dhi)).any():

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._inputs import as_batch, as_labels, check_eps, check_positive_int, input_box
+from ._inputs import Domain, as_batch, as_labels, check_nonnegative, check_positive_int, input_box
 from .network import Network, forward
 
 
@@ -26,17 +26,18 @@ def _objective(net: Network, x: Tensor, labels: Tensor | None, direction: Tensor
 
 def pgd(net: Network, x: Tensor, eps: float, *, labels: Tensor | None = None, direction: Tensor | None = None,
         steps: int = 40, step_size: float | None = None, restarts: int = 1, random_start: bool = True,
-        domain=None, generator: torch.Generator | None = None) -> Tensor:
+        domain: Domain = None, generator: torch.Generator | None = None) -> Tensor:
     """Projected gradient ascent in the l-inf ball of radius eps (intersected with ``domain``).
 
     Maximises the cross-entropy at ``labels`` (shape (N,)), or, with ``direction``
-    (broadcastable to (K, N, out)), the output combination direction . y; e.g.
-    direction = -e_j minimises output j. Each restart starts uniformly in the box
-    (or at x without ``random_start``) and takes ``steps`` signed-gradient steps of
-    ``step_size`` (default 2.5 eps / steps); the final iterate with the largest
-    objective over restarts is returned, shape (K, N, *input_shape).
+    (broadcastable to (K, N, out)), the output combination direction . y: e.g.
+    direction = e_j maximises output j, -e_j minimises it, e_t - e_y targets class t.
+    Each restart starts uniformly in the box (or at x without ``random_start``) and
+    takes ``steps`` signed-gradient steps of ``step_size`` (default 2.5 eps / steps);
+    the final iterate with the largest objective over restarts is returned, shape
+    (K, N, *input_shape).
     """
-    eps = check_eps(eps)
+    eps = check_nonnegative(eps)
     check_positive_int("steps", steps)
     check_positive_int("restarts", restarts)
     if (labels is None) == (direction is None):
@@ -52,7 +53,7 @@ def pgd(net: Network, x: Tensor, eps: float, *, labels: Tensor | None = None, di
         except RuntimeError:
             raise ValueError(f"direction of shape {tuple(direction.shape)} does not broadcast to "
                              f"({net.k}, {x.shape[1]}, {net.n_outputs})") from None
-    step_size = 2.5 * eps / steps if step_size is None else check_eps(step_size)
+    step_size = 2.5 * eps / steps if step_size is None else check_nonnegative(step_size, "step_size")
     lo, hi = input_box(x, eps, domain)
     best_x, best = x, None
     with torch.enable_grad():
@@ -76,7 +77,7 @@ def pgd(net: Network, x: Tensor, eps: float, *, labels: Tensor | None = None, di
     return best_x
 
 
-def fgsm(net: Network, x: Tensor, labels: Tensor, eps: float, domain=None) -> Tensor:
+def fgsm(net: Network, x: Tensor, labels: Tensor, eps: float, domain: Domain = None) -> Tensor:
     """Fast gradient sign method: x + eps sign(grad of the cross-entropy), clipped to ``domain``.
 
     Returns (K, N, *input_shape).
@@ -85,15 +86,15 @@ def fgsm(net: Network, x: Tensor, labels: Tensor, eps: float, domain=None) -> Te
 
 
 def _logits_and_jacobian(net: Network, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Outputs (K, N, out) and their gradients (K, N, out, *input_shape) at x (K, N, *input_shape)."""
+    """Outputs (K, N, out) and their gradients (K, N, out, D) at x (K, N, *input_shape), D = input size."""
     k, n = x.shape[:2]
     out = net.n_outputs
     with torch.enable_grad():
         xr = x.detach().unsqueeze(2).expand(k, n, out, *x.shape[2:]).reshape(k, n * out, *x.shape[2:])
         xr.requires_grad_(True)
-        y = forward(net, xr).view(k, n, out, out)
+        y = forward(net, xr).view(k, n, out, out)  # copy c of each point differentiates output c
         grad, = torch.autograd.grad(y.diagonal(dim1=2, dim2=3).sum(), xr)
-    return y[:, :, 0].detach(), grad.view(k, n, out, *x.shape[2:])
+    return y[:, :, 0].detach(), grad.view(k, n, out, -1)
 
 
 def deepfool(net: Network, x: Tensor, *, overshoot: float = 0.02, max_iter: int = 50) -> tuple[Tensor, Tensor]:
@@ -105,29 +106,25 @@ def deepfool(net: Network, x: Tensor, *, overshoot: float = 0.02, max_iter: int 
     differs from the one at x, (K, N) bool (False where ``max_iter`` did not suffice).
     Not clipped to any domain.
     """
-    check_eps(overshoot)
+    check_nonnegative(overshoot, "overshoot")
     check_positive_int("max_iter", max_iter)
     x = as_batch(x, net.input_shape, net.k, net.dtype)
     x = x.expand(net.k, *x.shape[1:])
-    total = torch.zeros_like(x)
-    feature_axes = [1] * (x.dim() - 2)
+    total = torch.zeros(*x.shape[:2], x[0, 0].numel(), dtype=x.dtype, device=x.device)  # (K, N, D)
     with torch.no_grad():
-        start = forward(net, x).argmax(-1)
+        start = forward(net, x).argmax(-1, keepdim=True)  # (K, N, 1)
         for _ in range(max_iter):
-            y, jac = _logits_and_jacobian(net, x + (1 + overshoot) * total)
-            active = y.argmax(-1) == start
+            y, jac = _logits_and_jacobian(net, x + (1 + overshoot) * total.view(x.shape))
+            active = y.argmax(-1, keepdim=True) == start
             if not active.any():
                 break
-            w = jac - jac.gather(2, start.view(*start.shape, 1, *feature_axes).expand(-1, -1, 1, *x.shape[2:]))
-            f = y - y.gather(2, start.unsqueeze(-1))
-            norm = w.flatten(3).norm(dim=-1)
-            ratio = f.abs() / norm
-            ratio.scatter_(2, start.unsqueeze(-1), torch.inf)
-            target = ratio.argmin(-1, keepdim=True)
-            w_l = w.gather(2, target.view(*target.shape, *feature_axes).expand(-1, -1, 1, *x.shape[2:])).squeeze(2)
+            w = jac - jac.gather(2, start.unsqueeze(-1).expand(-1, -1, 1, jac.shape[-1]))  # (K, N, out, D)
+            f = y - y.gather(2, start)
+            norm = w.norm(dim=-1)
+            target = (f.abs() / norm).scatter(2, start, torch.inf).argmin(-1, keepdim=True)  # nearest boundary
+            w_l = w.gather(2, target.unsqueeze(-1).expand(-1, -1, 1, jac.shape[-1])).squeeze(2)
             scale = (f.gather(2, target).abs() + 1e-4) / norm.gather(2, target) ** 2
-            step = scale.squeeze(-1).view(*scale.shape[:2], *feature_axes) * w_l
-            total = total + step * active.view(*active.shape, *feature_axes)
-        r = (1 + overshoot) * total
-        flipped = forward(net, x + r).argmax(-1) != start
+            total = total + active * scale * w_l
+        r = (1 + overshoot) * total.view(x.shape)
+        flipped = forward(net, x + r).argmax(-1) != start.squeeze(-1)
     return r, flipped

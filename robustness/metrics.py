@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._inputs import as_batch, as_labels, check_choice
+from ._inputs import Domain, as_batch, as_labels
 from .attacks import deepfool, pgd
-from .bounds import METHODS, logit_differences, output_bounds
+from .bounds import logit_differences, output_bounds
 from .network import Network, forward
 
 
@@ -25,7 +25,7 @@ def clean_accuracy(net: Network, x: Tensor, y: Tensor) -> Tensor:
 
 
 def robust_accuracy(net: Network, x: Tensor, y: Tensor, eps: float, *, steps: int = 40,
-                    step_size: float | None = None, restarts: int = 1, domain=None,
+                    step_size: float | None = None, restarts: int = 1, domain: Domain = None,
                     generator: torch.Generator | None = None) -> Tensor:
     """Fraction of points classified correctly both at x and at the PGD adversary
     (cross-entropy, see :func:`~robustness.attacks.pgd`): an upper estimate of the
@@ -39,10 +39,9 @@ def robust_accuracy(net: Network, x: Tensor, y: Tensor, eps: float, *, steps: in
 
 
 def verified_accuracy(net: Network, x: Tensor, y: Tensor, eps: float, *, method: str = "ibp+crown",
-                      domain=None) -> Tensor:
+                      domain: Domain = None) -> Tensor:
     """Fraction of points with y_true - y_j > 0 proven for all j != true over the
     whole ball: a lower bound of the accuracy under every attack of size eps."""
-    check_choice("method", method, METHODS)
     y = _labels(net, x, y)
     with torch.no_grad():
         _, upper = output_bounds(net, x, eps, method, C=logit_differences(y, net.n_outputs), domain=domain)

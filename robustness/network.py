@@ -206,7 +206,8 @@ class AvgPool2d:
 
     def transpose(self, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         c, out = in_shape[0], a.shape[-2:]
-        kernel = torch.full((c, 1, *self.kernel_size), 1.0 / math.prod(self.kernel_size), dtype=a.dtype, device=a.device)
+        kernel = torch.full((c, 1, *self.kernel_size), 1 / math.prod(self.kernel_size), dtype=a.dtype,
+                            device=a.device)
         pad = _output_padding(in_shape[1:], out, self.kernel_size, self.stride, (0, 0))
         y = F.conv_transpose2d(a.reshape(-1, c, *out), kernel, stride=self.stride, output_padding=pad, groups=c)
         return y.view(*a.shape[:3], *in_shape)

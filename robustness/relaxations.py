@@ -43,12 +43,12 @@ class Relaxation(NamedTuple):
     upper_intercept: Tensor
 
 
-def _dtanh(x: Tensor) -> Tensor:
-    t = torch.tanh(x)
+def _dtanh_of(t: Tensor) -> Tensor:
+    """tanh'(x) from t = tanh(x)."""
     return (1 - t) * (1 + t)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tangent_table(dtype: torch.dtype, device: torch.device) -> Tensor:
     """d*(l_i) on the grid, rounded up: the tangent of tanh at d* passes through (l_i, tanh(l_i))."""
     l = _GRID_MIN + _GRID_STEP * torch.arange(_GRID_SIZE, dtype=torch.float64)
@@ -56,7 +56,8 @@ def _tangent_table(dtype: torch.dtype, device: torch.device) -> Tensor:
     tl = torch.tanh(l)
     for _ in range(60):
         d = (lo + hi) / 2
-        above = torch.tanh(d) + _dtanh(d) * (l - d) >= tl  # tangent at d passes above (l, tanh l)
+        td = torch.tanh(d)
+        above = td + _dtanh_of(td) * (l - d) >= tl  # tangent at d passes above (l, tanh l)
         hi, lo = torch.where(above, d, hi), torch.where(above, lo, d)
     table = hi.to(dtype)
     table = torch.where(table.double() < hi, torch.nextafter(table, torch.tensor(float("inf"), dtype=dtype)), table)
@@ -70,17 +71,17 @@ def _tangent_point(l: Tensor) -> Tensor:
     return torch.where(index >= 0, table[index.clamp(min=0)], torch.inf)
 
 
-def _tanh_upper(l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """Slope and intercept of a line above tanh on [l, u]."""
-    fl, fu = torch.tanh(l), torch.tanh(u)
+def _tanh_upper(l: Tensor, u: Tensor, fl: Tensor, fu: Tensor) -> tuple[Tensor, Tensor]:
+    """Slope and intercept of a line above tanh on [l, u]; fl, fu = tanh(l), tanh(u)."""
     width = u - l
     positive = width > 0
-    chord = torch.where(positive, (fu - fl) / torch.where(positive, width, 1), _dtanh(l))
-    use_chord = (u <= 0) | ((l < 0) & (_dtanh(u) * width >= fu - fl))
+    chord = torch.where(positive, (fu - fl) / torch.where(positive, width, 1), _dtanh_of(fl))
+    use_chord = (u <= 0) | ((l < 0) & (_dtanh_of(fu) * width >= fu - fl))
     mid = (l + u) / 2
     d = torch.where(l >= 0, mid, torch.minimum(torch.maximum(_tangent_point(l), mid), u))
-    slope = torch.where(use_chord, chord, _dtanh(d))
-    intercept = torch.where(use_chord, fl - chord * l, torch.tanh(d) - _dtanh(d) * d)
+    fd = torch.tanh(d)
+    slope = torch.where(use_chord, chord, _dtanh_of(fd))
+    intercept = torch.where(use_chord, fl - chord * l, fd - _dtanh_of(fd) * d)
     return slope, intercept
 
 
@@ -96,8 +97,9 @@ def relu(l: Tensor, u: Tensor) -> Relaxation:
 
 def tanh(l: Tensor, u: Tensor) -> Relaxation:
     """Linear bounds of tanh on [l, u]."""
-    upper_slope, upper_intercept = _tanh_upper(l, u)
-    lower_slope, minus_intercept = _tanh_upper(-u, -l)
+    fl, fu = torch.tanh(l), torch.tanh(u)
+    upper_slope, upper_intercept = _tanh_upper(l, u, fl, fu)
+    lower_slope, minus_intercept = _tanh_upper(-u, -l, -fu, -fl)
     return Relaxation(lower_slope, -minus_intercept, upper_slope, upper_intercept)
 
 

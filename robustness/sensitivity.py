@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._inputs import as_batch, as_labels, check_choice, check_eps
+from ._inputs import Domain, as_batch, as_labels, check_choice, check_nonnegative
 from .bounds import METHODS, logit_differences, output_bounds
 from .network import Network, forward
 
@@ -35,7 +35,8 @@ class Sensitivity:
 
     values: (K, N) per data point (nats); mean: (K,) over the points; eps: ball radius
     in input units; method: 'ibp' | 'crown' | 'ibp+crown'; space: 'logits' |
-    'logit_diff' | 'softmax'; split: the caller's label of the data (e.g. 'test').
+    'logit_diff' | 'softmax'; split: the caller's label of the data (e.g. 'test');
+    domain: the input domain the ball was clipped to, as given (None: not clipped).
     """
 
     values: Tensor
@@ -44,6 +45,7 @@ class Sensitivity:
     method: str
     space: str
     split: str
+    domain: Domain = None
 
     @property
     def robustness(self) -> Tensor:
@@ -65,15 +67,16 @@ def _pairwise_differences(n_out: int) -> Tensor:
 
 
 def log_volume(net: Network, x: Tensor, eps: float, *, method: str = "ibp", space: str = "logits",
-               labels: Tensor | None = None, domain=None, split: str = "", floor: float = 1e-12) -> Sensitivity:
+               labels: Tensor | None = None, domain: Domain = None, split: str = "",
+               floor: float = 1e-12) -> Sensitivity:
     """Sensitivity of K networks at the points x (N, *input_shape) for the ball of radius eps.
 
     ``labels`` (N,) set the reference class of 'logit_diff' (default: predicted
     class); ``domain`` (lower, upper) clips the ball (e.g. (0, 1) for pixels). The
-    values are differentiable w.r.t. the weights (with method 'ibp' everywhere).
+    values are differentiable (almost everywhere) w.r.t. the weights.
     """
-    eps = check_eps(eps)
-    if not check_eps(floor) > 0:
+    eps = check_nonnegative(eps)
+    if not check_nonnegative(floor, "floor") > 0:
         raise ValueError(f"floor must be > 0, got {floor!r}")
     check_choice("method", method, METHODS)
     check_choice("space", space, SPACES)
@@ -94,4 +97,4 @@ def log_volume(net: Network, x: Tensor, eps: float, *, method: str = "ibp", spac
         lo, hi = lo.unflatten(-1, (n_out, n_out)), hi.unflatten(-1, (n_out, n_out))
         lo, hi = torch.exp(-torch.logsumexp(hi, -1)), torch.exp(-torch.logsumexp(lo, -1))
     values = box_log_volume(lo, hi, floor)
-    return Sensitivity(values, values.mean(-1), eps, method, space, split)
+    return Sensitivity(values, values.mean(-1), eps, method, space, split, domain)

@@ -1,0 +1,148 @@
+"""Speed and tightness of the output bounds of ``robustness`` (run by hand, prints a table).
+
+Digits 64-64-64-10 MLPs (ReLU and tanh; pixels / 16; stratified 70/30 split,
+random_state 0; Adam lr 1e-3, weight decay 1e-4, batch 64, 60 epochs, seed 0),
+first 100 test points, float32, one thread, no gradients:
+
+* time per call (median) of IBP, CROWN and their intersection;
+* tightness: the gap in nats between the log-volume of the outer box (logits, not
+  clipped to [0, 1]) and of an inner box around 1,000 random corners of the ball and
+  50-step PGD maximising and minimising each output, averaged over the points.
+
+Then the time to score 1,000 Iris-sized networks (4-5 tanh-3, random weights) on 150
+points with the IBP log-volume. Trained networks are cached in benchmarks/_cache/.
+
+Usage: OMP_NUM_THREADS=1 python benchmarks/bounds.py
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits, load_iris
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from robustness import Linear, Network, Tanh, forward, from_sequential, log_volume, output_bounds, pgd  # noqa: E402
+from robustness.sensitivity import box_log_volume  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent / "_cache"
+EPS = (0.01, 0.05, 0.1)
+METHODS = ("ibp", "crown", "ibp+crown")
+AUTO_LIRPA = {  # reference figures measured on this machine (ms; gaps in nats for EPS)
+    "relu": {"ibp_ms": 0.78, "crown_ms": 8.0, "crown_gap": (0.34, 1.65, 3.07), "alpha_gap": (0.27, 1.28, 2.30)},
+    "tanh": {"ibp_ms": 0.78, "crown_ms": 14.0, "crown_gap": (1.27, 5.05, 6.36), "alpha_gap": None},
+}
+
+
+def digits() -> tuple[torch.Tensor, ...]:
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    parts = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    return tuple(torch.tensor(a) for a in parts)
+
+
+def trained_mlp(act: str, Xtr, ytr) -> nn.Sequential:
+    """The reference recipe; cached as a state_dict under benchmarks/_cache/."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), {"relu": nn.ReLU, "tanh": nn.Tanh}[act](), nn.Linear(64, 64),
+                          {"relu": nn.ReLU, "tanh": nn.Tanh}[act](), nn.Linear(64, 10))
+    path = CACHE / f"digits_mlp_{act}.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path))
+        return model
+    opt = torch.optim.Adam(model.parameters(), 1e-3, weight_decay=1e-4)
+    for _ in range(60):
+        perm = torch.randperm(len(Xtr))
+        for i in range(0, len(Xtr), 64):
+            b = perm[i:i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(Xtr[b]), ytr[b]).backward()
+            opt.step()
+    CACHE.mkdir(exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def inner_box(net: Network, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box around outputs at 1,000 random corners and at PGD optima of +-each output: (N, out)."""
+    gen = torch.Generator().manual_seed(0)
+    n, out = x.shape[0], net.n_outputs
+    signs = torch.randint(0, 2, (1000, n, x.shape[1]), generator=gen).to(x.dtype) * 2 - 1
+    ys = forward(net, (x + eps * signs).reshape(-1, x.shape[1]))[0].view(1000, n, out)
+    lo, hi = ys.min(0).values, ys.max(0).values
+    direction = torch.cat([torch.eye(out), -torch.eye(out)]).to(x.dtype)  # (2 out, out)
+    xr = x.repeat(2 * out, 1)  # (2 out N, in), point-major within each direction
+    d = direction.repeat_interleave(n, 0).unsqueeze(0)
+    ya = forward(net, pgd(net, xr, eps, direction=d, steps=50, step_size=eps / 10, generator=gen))[0]
+    ya = ya.view(2 * out, n, out)
+    return torch.minimum(lo, ya.min(0).values), torch.maximum(hi, ya.max(0).values)
+
+
+def iris_seconds() -> float:
+    X = torch.tensor(load_iris().data)
+    X = (X - X.mean(0)) / X.std(0)
+    gen = torch.Generator().manual_seed(0)
+    k = 1000
+    net = Network((Linear(torch.randn(k, 5, 4, generator=gen, dtype=torch.float64),
+                          torch.randn(k, 5, generator=gen, dtype=torch.float64)), Tanh(),
+                   Linear(torch.randn(k, 3, 5, generator=gen, dtype=torch.float64),
+                          torch.randn(k, 3, generator=gen, dtype=torch.float64))), (4,))
+    return median_ms(lambda: log_volume(net, X, 0.1, method="ibp"), 20) / 1e3
+
+
+def rows(net: Network, x: torch.Tensor, act: str) -> list[str]:
+    """One table row per eps: times (ms) and gaps (nats) of our methods, then auto_LiRPA's."""
+    ref, out = AUTO_LIRPA[act], []
+    for i, eps in enumerate(EPS):
+        times, gaps = [], []
+        inner = box_log_volume(*inner_box(net, x, eps))
+        for m in METHODS:
+            times.append(median_ms(lambda m=m, eps=eps: output_bounds(net, x, eps, m), 300 if m == "ibp" else 50))
+            gaps.append((box_log_volume(*output_bounds(net, x, eps, m))[0] - inner).mean().item())
+        alpha = "-" if ref["alpha_gap"] is None else f"{ref['alpha_gap'][i]:.2f}"
+        out.append(f"{act:5} {eps:5.2f} " + " ".join(f"{t:12.3f}" for t in times) + " | "
+                   + " ".join(f"{g:9.2f}" for g in gaps) + f" | {ref['crown_gap'][i]:21.2f} {alpha:>6}")
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    Xtr, Xte, ytr, yte = digits()
+    x = Xte[:100]
+    print("digits MLP 64-64-64-10, first 100 test points, float32, 1 thread, no_grad; time = median ms per call;\n"
+          "gap = mean over points of log-volume(outer box) - log-volume(inner box), nats (logits, not clipped);\n"
+          "targets: IBP <= 0.15 ms; CROWN gap <= auto_LiRPA's CROWN gap at <= its time (8 ms ReLU, 14 ms tanh)\n")
+    header = (f"{'act':5} {'eps':>5} " + " ".join(f"{m + ' ms':>12}" for m in METHODS) + " | "
+              + " ".join(f"{m + ' gap':>9}" for m in METHODS[:2]) + f" {'i+c gap':>9}"
+              + " | auto_LiRPA gap: crown  alpha")
+    print(header)
+    print("-" * len(header))
+    for act in ("relu", "tanh"):
+        net = from_sequential(trained_mlp(act, Xtr, ytr).requires_grad_(False), dtype=torch.float32)
+        with torch.no_grad():
+            acc = (forward(net, Xte)[0].argmax(-1) == yte).double().mean().item()
+            print("\n".join(rows(net, x, act)))
+        ref = AUTO_LIRPA[act]
+        print(f"{act:5} test accuracy {acc:.4f}; auto_LiRPA: IBP {ref['ibp_ms']} ms, CROWN {ref['crown_ms']} ms")
+    print(f"\nIris-sized 4-5(tanh)-3, K = 1000 networks x 150 points, IBP log-volume (float64): "
+          f"{iris_seconds():.4f} s per call (target <= 1 s)")
+
+
+if __name__ == "__main__":
+    main()
