@@ -149,10 +149,7 @@ def distinct(problem: landscape.Problem, reference: landscape.database.Minima, X
     r = minimize(E.energy_gradient, X, tol=1e-10)
     P = problem.model.n_params
     groups = problem.model.unit_groups()
-    ref = identify.MinimaIndex(groups, 2 * problem.lam)
-    for i in range(len(reference)):
-        ref.add(i, identify.Point(reference.energy[i], reference.coords[i], reference.grad_rms[i] * np.sqrt(P),
-                                  reference.eigenvalues[i, 0]))
+    ref = identify.MinimaIndex.of(reference, groups, 2 * problem.lam)
     own = identify.MinimaIndex(groups, 2 * problem.lam)
     missed = 0
     for k in np.flatnonzero(r.converged):

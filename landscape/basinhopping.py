@@ -9,11 +9,9 @@ within [step_min, step_max]; a walker that has not lowered its own best energy f
 ``reseed_after`` steps restarts from fresh random weights.
 
 Every converged quench is checked against the stored minima (:mod:`landscape.identify`);
-ambiguous comparisons are refined to ``refine_tol`` first. A new point is stored only if no
-Hessian eigenvalue is below ``-eig_tol`` (with ``eig_tol = 1e-6 * max(1, |largest eigenvalue|)``
-when the full Hessian is computed, else 1e-6): a saddle (L-BFGS can stop on symmetric subspaces,
-e.g. duplicated or dead units) is pushed off along its negative-curvature direction and
-minimised again, never stored.
+new points are refined to ``refine_tol`` first. A new point is stored only if no Hessian
+eigenvalue is below ``-eig_tol`` (:mod:`landscape.hessian`): a saddle is pushed off along its
+negative-curvature direction and minimised again, never stored.
 
 Each walker draws from its own random stream (spawned from ``seed``), so the same seed, step
 budget and thread count give the same minima. Defaults are :class:`Settings`.
@@ -26,15 +24,15 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, eigsh
 
+from . import hessian
 from .database import Database
 from .energy import Energy
 from .identify import MinimaIndex, Point, align
 from .minimize import LBFGS
 from .problem import Problem
 
-HESSIAN_MODES = ("auto", "full", "lanczos", "none")
+HESSIAN_MODES = ("auto", *hessian.MODES, "none")
 FULL_HESSIAN_MAX_P = 1000
 
 
@@ -160,7 +158,7 @@ class _Sampler:
         self.groups = problem.model.unit_groups()
         P = problem.model.n_params
         self.P = P
-        self.hessian = s.hessian if s.hessian != "auto" else ("full" if P <= FULL_HESSIAN_MAX_P else "lanczos")
+        self.hessian_mode = s.hessian if s.hessian != "auto" else ("full" if P <= FULL_HESSIAN_MAX_P else "lanczos")
         previous = db.runs()
         K = s.walkers
         if resume:
@@ -175,17 +173,13 @@ class _Sampler:
         else:
             for k, r in enumerate(self.walkers.rngs):
                 self.walkers.x[k] = r.normal(0.0, s.init_scale, P)
-        self.index = MinimaIndex(self.groups, fallback_curvature=2.0 * problem.lam,
-                                 hvp=lambda x, v: self.energy.hvp(x, v)[0])
-        m = db.minima()
-        for i in range(len(m)):
-            self.index.add(i, Point(float(m.energy[i]), m.coords[i], float(m.grad_rms[i]) * np.sqrt(P),
-                                    float(m.eigenvalues[i, 0])))
+        self.index = MinimaIndex.of(db.minima(), self.groups, fallback_curvature=2.0 * problem.lam,
+                                    hvp=lambda x, v: self.energy.hvp(x, v)[0])
         self.counters = dict.fromkeys(("steps", "quenches", "converged", "accepted", "new_minima", "saddles",
                                        "refinements", "nfev"), 0)
         shapes = {name: (a.shape, a.dtype, _WALKER_FIELDS[name]) for name, a in self.walkers.arrays().items()}
         params = {**asdict(s), "walkers": K, "steps": steps, "minutes": minutes, "threads": threads,
-                  "resume": resume, "energy_backend": self.energy.backend, "hessian_used": self.hessian}
+                  "resume": resume, "energy_backend": self.energy.backend, "hessian_used": self.hessian_mode}
         self.run_id = db.start_run(command, seed, params, shapes)
         self.opt = LBFGS(self.energy.energy_gradient, P, tol=s.tol, maxiter=s.maxiter, memory=s.memory,
                          maxstep=s.maxstep)
@@ -195,7 +189,7 @@ class _Sampler:
 
     # -- main loop -----------------------------------------------------------------------------
     def run(self) -> SampleResult:
-        s, w = self.s, self.walkers
+        w = self.walkers
         t0, c0 = time.perf_counter(), time.process_time()
         deadline = t0 + 60.0 * self.minutes if self.minutes is not None else math.inf
         budget = self.steps if self.steps is not None else np.iinfo(np.int64).max
@@ -313,30 +307,17 @@ class _Sampler:
             return "same"
         if grad_rms > self.s.refine_tol and not refined:
             return "refine"
-        eig, vec = self._lowest_eigen(x)
-        if eig.size and eig[0] < -self._eig_tol():
-            self._pushed = x + 1e-2 * vec
-            return "saddle"
+        eig = np.array([])
+        if self.hessian_mode != "none":
+            h = hessian.check(self.energy, x, self.hessian_mode)
+            if h.saddle:
+                self._pushed = x + 1e-2 * h.vector
+                return "saddle"
+            eig = h.eigenvalues
         i = self.db.add_minimum(E, x, grad_rms, eig, (self.run_id, walker, int(self.walkers.steps[walker])))
         self.index.add(i, Point(E, x, p.gnorm, float(eig[0]) if eig.size else math.nan))
         self.counters["new_minima"] += 1
         return "new"
-
-    def _eig_tol(self) -> float:
-        return 1e-6 * max(1.0, abs(self._lmax)) if self.hessian == "full" else 1e-6
-
-    def _lowest_eigen(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Lowest Hessian eigenvalues (ascending) and the lowest one's unit eigenvector."""
-        if self.hessian == "none":
-            return np.array([]), np.zeros_like(x)
-        if self.hessian == "full":
-            lam, vec = np.linalg.eigh(self.energy.hessian(x))
-            self._lmax = lam[-1]
-            return lam[:3], vec[:, 0]
-        op = LinearOperator((self.P, self.P), matvec=lambda v: self.energy.hvp(x, v.ravel())[0], dtype=np.float64)
-        lam, vec = eigsh(op, k=3, which="SA", tol=1e-8, v0=np.ones(self.P))
-        order = np.argsort(lam)
-        return lam[order], vec[:, order[0]]
 
 
 def _progress(enabled: bool, total: int | None):

@@ -133,6 +133,12 @@ class Match:
     distance: float
 
 
+def stored_point(m, i: int) -> Point:
+    """Row ``i`` of stored minima ``m`` (arrays energy, coords, grad_rms, eigenvalues) as a Point."""
+    return Point(float(m.energy[i]), m.coords[i], float(m.grad_rms[i]) * np.sqrt(m.coords.shape[1]),
+                 float(m.eigenvalues[i, 0]))
+
+
 def tolerances(a: Point, b: Point, fallback_curvature: float) -> tuple[float, float]:
     """(energy tolerance, distance tolerance) for comparing ``a`` and ``b``."""
     known = [c for c in (a.curvature, b.curvature) if c > 0]
@@ -180,6 +186,15 @@ class MinimaIndex:
         while self._ids[k] != id_:
             k += 1
         del self._energies[k], self._ids[k]
+
+    @classmethod
+    def of(cls, m, groups: list[UnitGroup], fallback_curvature: float,
+           hvp: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> "MinimaIndex":
+        """An index of stored minima ``m`` (see :func:`stored_point`), ids = rows."""
+        index = cls(groups, fallback_curvature, hvp)
+        for i in range(len(m.energy)):
+            index.add(i, stored_point(m, i))
+        return index
 
     def _newton_consistent(self, p: Point, q: Point, delta: np.ndarray, moves) -> bool:
         """Is ``p`` the point the quadratic model of stored minimum ``q`` predicts: its gradient

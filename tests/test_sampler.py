@@ -41,11 +41,9 @@ def test_no_two_stored_minima_are_the_same(sampled, problem):
     with Database(path) as db:
         m = db.minima()
     groups = problem.model.unit_groups()
-    P = problem.model.n_params
     for a in range(len(m)):
         for b in range(a + 1, len(m)):
-            pa = identify.Point(m.energy[a], m.coords[a], m.grad_rms[a] * np.sqrt(P), m.eigenvalues[a, 0])
-            pb = identify.Point(m.energy[b], m.coords[b], m.grad_rms[b] * np.sqrt(P), m.eigenvalues[b, 0])
+            pa, pb = identify.stored_point(m, a), identify.stored_point(m, b)
             e_tol, d_tol = identify.tolerances(pa, pb, 2 * problem.lam)
             assert abs(m.energy[a] - m.energy[b]) > e_tol or identify.distance(m.coords[a], m.coords[b], groups) > d_tol
 
@@ -55,14 +53,10 @@ def test_symmetry_image_is_identified_and_close_minima_are_not(sampled, problem)
     with Database(path) as db:
         m = db.minima()
     groups = problem.model.unit_groups()
-    P = problem.model.n_params
     E = problem.energy(backend="autograd")
     rng = np.random.default_rng(5)
-    points = [identify.Point(m.energy[i], m.coords[i], m.grad_rms[i] * np.sqrt(P), m.eigenvalues[i, 0])
-              for i in range(len(m))]
-    index = identify.MinimaIndex(groups, 2 * problem.lam)
-    for i, p in enumerate(points):
-        index.add(i, p)
+    points = [identify.stored_point(m, i) for i in range(len(m))]
+    index = identify.MinimaIndex.of(m, groups, 2 * problem.lam)
     for i, p in enumerate(points):
         image = identify.random_image(p.x, groups, rng)
         assert np.linalg.norm(image - p.x) > 1e-3  # really moved
@@ -145,9 +139,7 @@ def test_quench_endpoints_are_matched_by_the_newton_test(sampled, problem):
         m = db.minima()
     E = problem.energy()
     P = problem.model.n_params
-    index = identify.MinimaIndex(problem.model.unit_groups(), 2 * problem.lam, hvp=lambda x, v: E.hvp(x, v)[0])
-    for i in range(len(m)):
-        index.add(i, identify.Point(m.energy[i], m.coords[i], m.grad_rms[i] * np.sqrt(P), m.eigenvalues[i, 0]))
+    index = identify.MinimaIndex.of(m, problem.model.unit_groups(), 2 * problem.lam, hvp=lambda x, v: E.hvp(x, v)[0])
     rng = np.random.default_rng(2)
     r = minimize(E.energy_gradient, m.coords + rng.normal(scale=0.02, size=m.coords.shape), tol=1e-6)
     for i in range(len(m)):
