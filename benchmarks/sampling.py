@@ -1,7 +1,8 @@
 """Basin-hopping benchmark: landscape's sampler beside scipy.optimize.basinhopping (and pele's
 BasinHopping where ``import pele`` works: ``pip install pele==0.1.2``), on the same landscape,
-in one invocation. The peers call our compiled energy one network at a time, so all tools pay
-the same per evaluation and the figures compare the samplers.
+in one invocation. The peers evaluate the loss with their own NumPy formulas (as the reference
+figures were measured) or, with --peer-energy kernel, with our compiled energy one network at a
+time, so that all tools pay the same per evaluation and the figures compare the samplers.
 
 Landscapes (as in shared/peers/landscape): Iris 4-5(tanh)-3, lam 1e-4, all 150 samples
 standardised, RMS gradient < 1e-6; digits 64-32(tanh)-10 with biases (2410 parameters), all 1797
@@ -9,13 +10,15 @@ samples standardised. Budgets are CPU-seconds of this process (single-threaded:
 run with OMP_NUM_THREADS=1); ours is also run on both cores and timed per wall-second.
 
 Cases:
-  throughput  fixed step 1.0 (digits: 0.3), T = 0.01: converged minimisations per CPU-second.
+  throughput  fixed step 1.0, T = 0.01: converged minimisations per CPU-second.
+  digits      fixed step 0.3, T = 0.01: the same, ours once as pele works (stored at RMS 1e-6, no
+              Hessian check) and once fully checked (refined to 1e-10, Lanczos eigenvalues).
   discovery   adaptive steps: every minimum found by any tool is refined to RMS 1e-10 and matched
               under the network's symmetries; reports how many distinct minima each found, and
               whether ours, given a third of the peer's time, found every minimum the peer found.
 
 usage: OMP_NUM_THREADS=1 python benchmarks/sampling.py [--case throughput|discovery|digits|all]
-       [--seconds 60] [--walkers 256]
+       [--seconds 60] [--walkers 256] [--peer-energy numpy|kernel]
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ import landscape
 from landscape import identify
 from landscape.database import Database
 from landscape.minimize import minimize
+
+from energy import numpy_energy  # benchmarks/energy.py: the peers' NumPy formulas
 
 
 def iris_problem() -> landscape.Problem:
@@ -60,14 +65,21 @@ def ours(problem: landscape.Problem, settings: landscape.Settings, seconds: floa
                 refinements=c["refinements"], lowest=float(m.energy.min()), minima=m)
 
 
+PEER_ENERGY = "numpy"
+
+
 def peer_energy(problem: landscape.Problem):
-    """One-network energy+gradient for the peers: our compiled energy called with K = 1, so that
-    every tool here spends the same time per evaluation and the comparison is of the samplers."""
+    """One-network energy+gradient for the peers: 'numpy', the peers' own formulas (the issue's
+    protocol, shared/peers/landscape/mlp_iris.py), or 'kernel', our compiled energy with K = 1, so
+    that every tool pays the same per evaluation and only the samplers differ."""
     E = problem.energy()
     count = [0]
+    base = numpy_energy(problem) if PEER_ENERGY == "numpy" else None
 
     def fg(w: np.ndarray) -> tuple[float, np.ndarray]:
         count[0] += 1
+        if base is not None:
+            return base(w)
         e, g = E.energy_gradient(w)
         return float(e[0]), g[0]
 
@@ -96,7 +108,7 @@ def scipy_bh(problem: landscape.Problem, step: float, fixed: bool, seconds: floa
                                        options=dict(maxiter=100000, gtol=1e-7, ftol=0.0, maxcor=10)),
                  callback=lambda x, f, acc: log.append(x.copy()) or time.process_time() - c0 >= seconds)
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-    return _peer_row("scipy basinhopping + L-BFGS-B", E, cpu, wall, np.array(log), count[0])
+    return _peer_row(f"scipy basinhopping + L-BFGS-B ({PEER_ENERGY} energy)", E, cpu, wall, np.array(log), count[0])
 
 
 def pele_bh(problem: landscape.Problem, step: float, fixed: bool, seconds: float) -> dict | None:
@@ -137,7 +149,7 @@ def pele_bh(problem: landscape.Problem, step: float, fixed: bool, seconds: float
     while time.process_time() - c0 < seconds:
         bh.run(5)
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-    row = _peer_row("pele 0.1.2 BasinHopping + lbfgs_cpp", E, cpu, wall, np.array(log), count[0])
+    row = _peer_row(f"pele 0.1.2 BasinHopping + lbfgs_cpp ({PEER_ENERGY} energy)", E, cpu, wall, np.array(log), count[0])
     row["pele_db_minima"] = db.number_of_minima()
     return row
 
@@ -169,7 +181,11 @@ def main() -> None:
     ap.add_argument("--case", default="all", choices=("throughput", "discovery", "digits", "all"))
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--walkers", type=int, default=256)
+    ap.add_argument("--peer-energy", choices=("numpy", "kernel"), default="numpy",
+                    help="the peers' energy: their own NumPy formulas (default) or our compiled kernel")
     a = ap.parse_args()
+    global PEER_ENERGY
+    PEER_ENERGY = a.peer_energy
     cases = ("throughput", "discovery", "digits") if a.case == "all" else (a.case,)
     problem = iris_problem()
     if "throughput" in cases:
@@ -200,9 +216,12 @@ def main() -> None:
     if "digits" in cases:
         print("# digits 64-32-10: fixed step 0.3, T 0.01 (pele: 14.4 converged quenches per CPU-s, 80 evaluations each)")
         d = digits_problem()
-        s = landscape.Settings(walkers=8, step=0.3, adaptive=False, temperature=0.01, hessian="lanczos")
-        show(ours(d, s, a.seconds))
-        show(ours(d, s, a.seconds, threads=2))
+        quench_only = landscape.Settings(walkers=16, step=0.3, adaptive=False, temperature=0.01, hessian="none",
+                                         refine_tol=1e-6)  # like pele: stored at RMS 1e-6, no Hessian check
+        show({**ours(d, quench_only, a.seconds), "mode": "quenches at 1e-6, no refinement or Hessian check"})
+        show({**ours(d, quench_only, a.seconds, threads=2), "mode": "quenches at 1e-6, no refinement or Hessian check"})
+        checked = landscape.Settings(walkers=16, step=0.3, adaptive=False, temperature=0.01, hessian="lanczos")
+        show({**ours(d, checked, a.seconds), "mode": "refined to 1e-10, Lanczos Hessian check"})
         show(scipy_bh(d, 0.3, True, a.seconds))
         show(pele_bh(d, 0.3, True, a.seconds) or {"tool": "pele", "skipped": "not installed"})
 

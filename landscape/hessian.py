@@ -40,7 +40,10 @@ class HessianCheck:
 
 def check(energy: Energy, x: np.ndarray, mode: str = "full") -> HessianCheck:
     """The lowest Hessian eigenpairs at ``x`` (P,): the full Hessian ('full'; P up to ~1000) or
-    Lanczos on Hessian-vector products ('lanczos', scipy's ARPACK, relative tolerance 1e-8)."""
+    Lanczos on Hessian-vector products ('lanczos', scipy's ARPACK, Ritz values to relative
+    tolerance 1e-2 with 32 Lanczos vectors: on digits 64-32-10 that is 616 products instead of
+    2,147 at 1e-8, and the eigenvalues agree to 3e-4 relative - ample for the sign test and for
+    identification's curvature, which carries a safety factor of 10)."""
     if mode not in MODES:
         raise ValueError(f"unknown Hessian mode {mode!r}: choose one of {', '.join(MODES)}")
     P = energy.n_params
@@ -51,6 +54,6 @@ def check(energy: Energy, x: np.ndarray, mode: str = "full") -> HessianCheck:
     # a generic (seeded) start vector: a symmetric one, e.g. all ones, keeps the Krylov space inside
     # the symmetric subspace and misses exactly the saddles that symmetric units produce
     v0 = np.random.default_rng(0).normal(size=P)
-    lam, vec = eigsh(op, k=min(N_LOWEST, P - 1), which="SA", tol=1e-8, v0=v0)
+    lam, vec = eigsh(op, k=min(N_LOWEST, P - 1), which="SA", tol=1e-2, ncv=min(32, P), v0=v0)
     order = np.argsort(lam)
     return HessianCheck(lam[order], vec[:, order[0]], 1e-6)
