@@ -18,7 +18,7 @@ Cases:
               whether ours, given a third of the peer's time, found every minimum the peer found.
 
 usage: OMP_NUM_THREADS=1 python benchmarks/sampling.py [--case throughput|discovery|digits|all]
-       [--seconds 60] [--walkers 256] [--peer-energy numpy|kernel]
+       [--seconds 60] [--walkers 256] [--peer-energy numpy|kernel] [--discovery-step 1.0]
 """
 from __future__ import annotations
 
@@ -181,6 +181,8 @@ def main() -> None:
     ap.add_argument("--case", default="all", choices=("throughput", "discovery", "digits", "all"))
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--walkers", type=int, default=256)
+    ap.add_argument("--discovery-step", type=float, default=1.0,
+                    help="our initial step in the discovery case (the peers start at 1.0 and adapt)")
     ap.add_argument("--peer-energy", choices=("numpy", "kernel"), default="numpy",
                     help="the peers' energy: their own NumPy formulas (default) or our compiled kernel")
     a = ap.parse_args()
@@ -198,7 +200,7 @@ def main() -> None:
     if "discovery" in cases:
         print("# discovery: Iris 4-5-3, adaptive steps from 1.0, T 0.01 (pele: 78-90 stored minima, "
               "68-72 after clustering energies at 1e-5)")
-        s = landscape.Settings(walkers=a.walkers, step=1.0, adaptive=True, temperature=0.01)
+        s = landscape.Settings(walkers=a.walkers, step=a.discovery_step, adaptive=True, temperature=0.01)
         full = ours(problem, s, a.seconds)
         third = ours(problem, s, a.seconds / 3)
         show(full)

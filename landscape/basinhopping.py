@@ -68,6 +68,11 @@ class Settings:
     memory: int = 20
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            v, want = getattr(self, f.name), type(f.default)
+            ok = isinstance(v, want) and not (want is not bool and isinstance(v, bool))
+            if not ok and not (want is float and isinstance(v, int) and not isinstance(v, bool)):
+                raise ValueError(f"setting {f.name} must be {want.__name__}, got {type(v).__name__} {v!r}")
         if self.walkers < 1:
             raise ValueError(f"walkers must be >= 1, got {self.walkers}")
         if not self.temperature > 0 or not self.step > 0 or not self.tol > 0:

@@ -51,7 +51,7 @@ def test_config_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["unknown option", "config typo", "not hdf5", "other problem", "missing db",
-                                  "bad value", "no budget"])
+                                  "bad value", "no budget", "config type"])
 def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case):
     db = tmp_path / "x.h5"
     assert main(["sample", str(db), *FAST, "--steps", "1"]) == 0
@@ -71,6 +71,10 @@ def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case)
         argv = ["sample", str(db), "--hidden", "4", "--steps", "1", "--quiet"]
     elif case == "missing db":
         argv = ["inspect", str(tmp_path / "nope.h5")]
+    elif case == "config type":
+        cfg = tmp_path / "t.toml"
+        cfg.write_text('[sample]\nwalkers = "3"\n')
+        argv = ["sample", str(db), "--config", str(cfg), "--steps", "1"]
     elif case == "bad value":
         argv = ["sample", str(db), "--lam", "0", "--steps", "1"]
     else:
