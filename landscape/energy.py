@@ -122,8 +122,3 @@ class Energy:
             H[a:b] = self.hvp(np.repeat(w, b - a, axis=0), eye[a:b])
         return 0.5 * (H + H.T)
 
-
-def rms(g: np.ndarray) -> np.ndarray:
-    """Root-mean-square of each row of ``g`` (K, P) -> (K,): ||g|| / sqrt(P)."""
-    g = np.atleast_2d(g)
-    return np.sqrt(np.einsum("kp,kp->k", g, g) / g.shape[1])

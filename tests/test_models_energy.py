@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from landscape import models
-from landscape.energy import Energy, rms
+from landscape.energy import Energy
 
 ACTS = ["tanh", "sigmoid", "relu"]
 
@@ -105,10 +105,6 @@ def test_energy_rejects_bad_input(iris):
         models.MLP((4, 5, 3), "swish")
     with pytest.raises(ValueError, match="parameter vector has 5 entries"):
         model.to_module(np.zeros(5))
-
-
-def test_rms():
-    np.testing.assert_allclose(rms(np.array([[3.0, 4.0], [0.0, 0.0]])), [np.sqrt(12.5), 0.0])
 
 
 def test_kernel_hvp_and_hessian_match_autograd(iris):
