@@ -28,7 +28,7 @@ import torch
 from . import hessian
 from .database import Database
 from .energy import Energy
-from .identify import MinimaIndex, Point, align
+from .identify import MinimaIndex, Point
 from .minimize import LBFGS
 from .problem import Problem
 
@@ -305,10 +305,9 @@ class _Sampler:
         if m.same is not None:
             self.pending_hits.append(m.same)
             q = self.index.points[m.same]
-            if p.gnorm < q.gnorm:
-                y = align(q.x, x, self.groups)
-                self.db.update_minimum(m.same, E, y, grad_rms)
-                self.index.add(m.same, Point(E, y, p.gnorm, q.curvature))
+            if p.gnorm < q.gnorm:  # a better-converged copy, in the stored copy's symmetry image
+                self.db.update_minimum(m.same, E, m.aligned, grad_rms)
+                self.index.add(m.same, Point(E, m.aligned, p.gnorm, q.curvature))
             return "same"
         if grad_rms > self.s.refine_tol and not refined:
             return "refine"

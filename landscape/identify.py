@@ -126,11 +126,13 @@ class Point:
 @dataclass(frozen=True)
 class Match:
     """Outcome of :meth:`MinimaIndex.match`: ``same`` is the id of the stored minimum the point is,
-    or None; ``ambiguous`` lists ids too close to call at the present convergence."""
+    or None; ``ambiguous`` lists ids too close to call at the present convergence; ``aligned``
+    is the point's coordinates mapped onto the symmetry image of ``same`` (None without one)."""
 
     same: int | None
     ambiguous: tuple[int, ...]
     distance: float
+    aligned: np.ndarray | None = None
 
 
 def stored_point(m, i: int) -> Point:
@@ -234,11 +236,12 @@ class MinimaIndex:
                 best = min(best, bound)
                 continue
             moves = alignment(q.x, p.x, self.groups)
-            delta = apply(p.x, self.groups, moves) - q.x
+            image = apply(p.x, self.groups, moves)
+            delta = image - q.x
             d = float(np.linalg.norm(delta))
             best = min(best, d)
             if de <= e_tol and d <= d_tol and self._newton_consistent(p, q, delta, moves):
-                return Match(i, (), d)
+                return Match(i, (), d, image)
             if d <= factor * d_tol and ambiguity:
                 ambiguous.append(i)
         return Match(None, tuple(ambiguous), best)

@@ -28,10 +28,10 @@ CONVERGED, MAXITER, NONFINITE, STUCK = "converged", "maxiter", "non-finite energ
 class MinimizeResult:
     """Per-problem outcome of a batch minimisation (arrays of length K unless stated).
 
-    ``x`` (K, P) final points; ``grad`` (K, P) gradients there; ``energy``; ``grad_rms`` (RMS gradient at ``x``); ``converged``
-    (bool: grad_rms <= tol; anything else is *not* a minimum); ``status`` (one of 'converged',
-    'maxiter', 'non-finite energy', 'line search failed'); ``nit`` iterations; ``nfev``
-    energy+gradient evaluations; ``tag`` the caller's label of each problem.
+    ``x`` (K, P) final points; ``grad`` (K, P) gradients there; ``energy``; ``grad_rms`` (RMS
+    gradient at ``x``); ``converged`` (bool: grad_rms <= tol; anything else is *not* a minimum);
+    ``status`` (one of 'converged', 'maxiter', 'non-finite energy', 'line search failed'); ``nit``
+    iterations; ``nfev`` energy+gradient evaluations; ``tag`` the caller's label of each problem.
     """
 
     x: np.ndarray
