@@ -1,4 +1,5 @@
-/* Fused energy + gradient of batched MLP losses (float64).
+/* Fused energy + gradient of batched MLP losses (float64), and the L-BFGS two-loop recursion
+ * over the same batches (lbfgs_direction, at the end).
  *
  * E(w) = mean_n CE(softmax(f(x_n; w)), y_n) + lam * ||w||^2 for K parameter vectors w at once.
  * Built and loaded by landscape/kernel.py (see there for the Python API and the build flags).
@@ -32,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MLPK_ABI 3
+#define MLPK_ABI 4
 #define MAXL 32
 
 /* Vector length VL (doubles) and register-tile sizes follow the target: 32 zmm registers
@@ -766,4 +767,59 @@ int mlpk_eval(void *h, long K, const double *w, double *E, double *G, int nthrea
     pthread_mutex_unlock(&pool_mu);
     pthread_mutex_unlock(&submit_mu);
     return 0;
+}
+
+/* ------------------------------------------------------------------ L-BFGS two-loop */
+
+INLINE double dot(const double *a, const double *b, long P)
+{
+    /* unaligned rows: vector loads with two accumulators, a scalar tail, a fixed order */
+    vd s0 = vset1(0.0), s1 = vset1(0.0);
+    long p = 0;
+    for (; p + 2 * VL <= P; p += 2 * VL) {
+        s0 += vloadu(a + p) * vloadu(b + p);
+        s1 += vloadu(a + p + VL) * vloadu(b + p + VL);
+    }
+    double t = hsum(s0 + s1);
+    for (; p < P; p++) t += a[p] * b[p];
+    return t;
+}
+
+INLINE void axpy(double *y, double a, const double *x, long P)
+{
+    for (long p = 0; p < P; p++) y[p] += a * x[p];
+}
+
+/* d = -H g by the L-BFGS two-loop recursion for n problems, one thread. S and Y are rings
+ * of shape (M, ld, P): pair j of problem k starts at (j * ld + k) * P; rho (M, ld) is
+ * 1 / s.y, 0 where a pair is unusable (skipped); gamma (ld) scales the initial inverse
+ * Hessian. order (npairs <= 64): the ring indices to use, newest first; rows (n): the problems;
+ * g (ld, P); d (n, P). */
+void lbfgs_direction(long P, long ld, int npairs, const int *order, long n, const long *rows,
+                     const double *S, const double *Y, const double *rho, const double *gamma,
+                     const double *g, double *d)
+{
+    double alpha[64];
+    if (npairs > 64) npairs = 64;
+    for (long i = 0; i < n; i++) {
+        const long k = rows[i];
+        double *q = d + i * P;
+        memcpy(q, g + k * P, (size_t)P * sizeof(double));
+        for (int t = 0; t < npairs; t++) {
+            const long at = (long)order[t] * ld + k;
+            alpha[t] = 0.0;
+            if (rho[at] == 0.0) continue;
+            alpha[t] = rho[at] * dot(S + at * P, q, P);
+            axpy(q, -alpha[t], Y + at * P, P);
+        }
+        const double gk = gamma[k];
+        for (long p = 0; p < P; p++) q[p] *= gk;
+        for (int t = npairs - 1; t >= 0; t--) {
+            const long at = (long)order[t] * ld + k;
+            if (rho[at] == 0.0) continue;
+            const double beta = rho[at] * dot(Y + at * P, q, P);
+            axpy(q, alpha[t] - beta, S + at * P, P);
+        }
+        for (long p = 0; p < P; p++) q[p] = -q[p];
+    }
 }

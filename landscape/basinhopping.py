@@ -179,7 +179,7 @@ class _Sampler:
             for k, r in enumerate(self.walkers.rngs):
                 self.walkers.x[k] = r.normal(0.0, s.init_scale, P)
         self.index = MinimaIndex.of(db.minima(), self.groups, fallback_curvature=2.0 * problem.lam,
-                                    hvp=lambda x, v: self.energy.hvp(x, v)[0])
+                                    energy_gradient=self.energy.energy_gradient)
         self.counters = dict.fromkeys(("steps", "quenches", "converged", "accepted", "new_minima", "saddles",
                                        "refinements", "nfev"), 0)
         shapes = {name: (a.shape, a.dtype, _WALKER_FIELDS[name]) for name, a in self.walkers.arrays().items()}
@@ -301,7 +301,7 @@ class _Sampler:
         """'same' (a stored minimum found again: hits + 1, coordinates improved if this copy is
         better converged), 'new' (stored), 'refine' (converge further before deciding) or 'saddle'."""
         p = Point(E, x, grad_rms * np.sqrt(self.P), grad=grad)
-        m = self.index.match(p, ambiguity=grad_rms > self.s.refine_tol and not refined)
+        m = self.index.match(p, ambiguity=grad_rms > self.s.refine_tol and not refined, track=walker)
         if m.same is not None:
             self.pending_hits.append(m.same)
             q = self.index.points[m.same]
@@ -319,7 +319,7 @@ class _Sampler:
                 return "saddle"
             eig = h.eigenvalues
         i = self.db.add_minimum(E, x, grad_rms, eig, (self.run_id, walker, int(self.walkers.steps[walker])))
-        self.index.add(i, Point(E, x, p.gnorm, float(eig[0]) if eig.size else math.nan))
+        self.index.add(i, Point(E, x, p.gnorm, float(eig[0]) if eig.size else math.nan, grad))
         self.counters["new_minima"] += 1
         return "new"
 

@@ -19,10 +19,21 @@ to a tighter gradient and asks again. Anything further apart is a different mini
 Newton consistency. On soft landscapes the bounds above are loose (digits 64-32-10: lam_min
 ~ 2.5e-6, so a quench at RMS 1e-6 is placed only within ~200, and such quenches really do end
 0.3-2.5 away from their minimum). So "same" also requires that the point be where the quadratic
-model of the stored minimum q puts it: its gradient, aligned like its coordinates, equals
-H_q (x - x_q) within NEWTON_KAPPA = 0.1 of |g| (one Hessian-vector product per candidate).
+model of the stored minimum q puts it: with delta the aligned displacement, H delta (a forward
+difference of gradients from the point: one gradient evaluation per candidate, all in one
+batched call) must equal g - g_q within NEWTON_KAPPA = 0.1 of |g - g_q| when q's gradient is
+known (the cubic term is small), or g within NEWTON_KAPPA |g| + (1 + NEWTON_KAPPA) |g_q| when
+it is not. With g_q known the trapezoid rule, exact for quadratics, checks the energies first
+for free: |E - E_q - (g + g_q).delta / 2| is within a cubic term that the Newton test bounds.
 Measured: Iris quench endpoints of one minimum pass with residuals of 0.3-2.5% of |g|; digits
-endpoints fail (residuals 1-140x |g|) and are refined before they are compared again.
+endpoints fail (residuals 1-140x |g|) and are refined before they are compared again; on digits
+the trapezoid check settles ~80% of the candidates without an evaluation.
+
+Candidates. Stored minima are sorted by energy, and a lookup considers only those inside its
+energy window. Where the window holds many (digits at RMS 1e-6: e_tol spans every minimum),
+cheap lower bounds on the aligned distance come first, over all candidates at once (the
+assignment bound of the first layer, in float32 with its rounding taken off, keeps ~7%), and a
+walker's bounds are reused from its previous query by the triangle inequality.
 
 Alignment. ``align(ref, x)`` maps ``x`` by symmetries onto the image closest to ``ref``: layer
 by layer, an assignment problem (Hungarian method, :func:`scipy.optimize.linear_sum_assignment`)
@@ -34,11 +45,11 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .minimize import EnergyGradient
 from .models import UnitGroup
 
 SAFETY = 10.0
@@ -64,27 +75,47 @@ def random_image(x: np.ndarray, groups: list[UnitGroup], rng: np.random.Generato
     return x
 
 
+def _group_cost(ref: np.ndarray, x: np.ndarray, odd: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distances between the unit rows of ``ref`` (H, m) and ``x`` (H, m), under the better
+    sign of each pair when ``odd``: (cost (H, H), flip (H, H): True where -x is closer)."""
+    dot = ref @ x.T
+    base = (ref * ref).sum(-1)[:, None] + (x * x).sum(-1)
+    flip = (dot < 0) if odd else np.zeros(dot.shape, bool)
+    return np.maximum(base - 2.0 * (np.abs(dot) if odd else dot), 0.0), flip
+
+
+def _assignment_bound(ref32: np.ndarray, ref_sq: np.ndarray, x: np.ndarray, odd: bool) -> np.ndarray:
+    """Lower bounds (n,) on the optimal assignment cost between the unit rows of each ``ref32``
+    (n, H, m; float32) and ``x`` (H, m): the larger of the sums of row and of column minima of
+    the cost matrices, computed in float32 (3x faster) less a bound on float32 rounding,
+    2 (m + 4) eps32 (sum |a_i|^2 + sum |b_j|^2 + H max |.|^2). ``ref_sq`` (n, H): squared row norms."""
+    n, H, m = ref32.shape
+    dot = (ref32.reshape(-1, m) @ x.astype(np.float32).T).reshape(n, H, len(x))
+    x_sq = (x * x).sum(-1)
+    cost = ref_sq.astype(np.float32)[:, :, None] + x_sq.astype(np.float32) - 2.0 * (np.abs(dot) if odd else dot)
+    lb = np.maximum(cost.min(2).sum(1, dtype=np.float64), cost.min(1).sum(1, dtype=np.float64))
+    margin = 2 * (m + 4) * np.finfo(np.float32).eps * (ref_sq.sum(1) + x_sq.sum() + H * np.maximum(ref_sq.max(1), x_sq.max()))
+    return np.maximum(lb - margin, 0.0)
+
+
+def _unit_rows(x: np.ndarray, g: UnitGroup, last: bool) -> np.ndarray:
+    """The rows matched for group ``g``: incoming weights and bias, plus the outgoing weights when
+    the next layer is the output (fixed there, so they can be compared directly)."""
+    return np.concatenate([x[g.incoming], x[g.outgoing]], axis=1) if last else x[g.incoming]
+
+
 def alignment(ref: np.ndarray, x: np.ndarray, groups: list[UnitGroup]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per group, the (permutation, signs) mapping ``x`` (P,) onto its image closest to ``ref``."""
     out = []
     for k, g in enumerate(groups):
-        use_out = k == len(groups) - 1
-
-        def sqdist(sign: float) -> np.ndarray:
-            c = _pair_sqdist(ref[g.incoming], sign * x[g.incoming])
-            return c + _pair_sqdist(ref[g.outgoing], sign * x[g.outgoing]) if use_out else c
-
-        plus = sqdist(1.0)
-        if g.odd:
-            minus = sqdist(-1.0)
-            cost, flip = np.minimum(plus, minus), minus < plus
-        else:
-            cost, flip = plus, np.zeros_like(plus, bool)
+        last = k == len(groups) - 1
+        cost, flip = _group_cost(_unit_rows(ref, g, last), _unit_rows(x, g, last), g.odd)
         rows, cols = linear_sum_assignment(cost)
         perm = np.empty(len(rows), int)
         perm[rows] = cols
         signs = np.where(flip[rows, cols], -1.0, 1.0)[np.argsort(rows)]
-        x = transform(x, g, perm, signs)
+        if not last:  # the next group is matched on the relabelled weights
+            x = transform(x, g, perm, signs)
         out.append((perm, signs))
     return out
 
@@ -99,11 +130,6 @@ def apply(v: np.ndarray, groups: list[UnitGroup], moves: list[tuple[np.ndarray, 
 def align(ref: np.ndarray, x: np.ndarray, groups: list[UnitGroup]) -> np.ndarray:
     """The symmetry image of ``x`` (P,) closest to ``ref`` (P,), layer by layer."""
     return apply(x, groups, alignment(ref, x, groups))
-
-
-def _pair_sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances between rows: (H, m), (H, m) -> (H, H)."""
-    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
 
 
 def distance(ref: np.ndarray, x: np.ndarray, groups: list[UnitGroup]) -> float:
@@ -143,47 +169,84 @@ def stored_point(m, i: int) -> Point:
 
 def tolerances(a: Point, b: Point, fallback_curvature: float) -> tuple[float, float]:
     """(energy tolerance, distance tolerance) for comparing ``a`` and ``b``."""
-    known = [c for c in (a.curvature, b.curvature) if c > 0]
-    lam = min(known) if known else fallback_curvature
-    e_tol = SAFETY * (a.gnorm ** 2 + b.gnorm ** 2) / (2 * lam) + ENERGY_FLOOR * max(1.0, abs(a.energy))
-    d_tol = SAFETY * (a.gnorm + b.gnorm) / lam + DISTANCE_FLOOR * np.sqrt(a.x.size)
+    e_tol, d_tol = _tolerances(a, np.array([b.gnorm]), np.array([b.curvature]), fallback_curvature)
+    return float(e_tol[0]), float(d_tol[0])
+
+
+def _tolerances(a: Point, gnorm: np.ndarray, curvature: np.ndarray, fallback: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`tolerances` of ``a`` against points with gradient norms ``gnorm`` (n,) and lowest
+    eigenvalues ``curvature`` (n,; NaN or <= 0 where unknown)."""
+    lam = np.where(curvature > 0, curvature, np.inf)
+    if a.curvature > 0:
+        lam = np.minimum(lam, a.curvature)
+    lam = np.where(np.isinf(lam), fallback, lam)
+    e_tol = SAFETY * (a.gnorm ** 2 + gnorm ** 2) / (2 * lam) + ENERGY_FLOOR * max(1.0, abs(a.energy))
+    d_tol = SAFETY * (a.gnorm + gnorm) / lam + DISTANCE_FLOOR * np.sqrt(a.x.size)
     return e_tol, d_tol
 
 
 NEWTON_KAPPA = 0.1
+NEWTON_STEP = 1e-7
 
 
 class MinimaIndex:
     """Stored minima kept sorted by energy, so a lookup compares a new point only with those
-    inside its energy window (binary search), never with every stored minimum."""
+    inside its energy window (binary search), never with every stored minimum. Inside the window
+    the tests run cheapest first over all candidates at once: energies; lower bounds on the
+    aligned distance (sorted unit norms, and the first layer's cost matrices, whose row and
+    column minima bound the assignment from below); then an alignment for each survivor; then
+    one batched call of ``energy_gradient`` (X (n, P) -> energies (n,), gradients (n, P)) for
+    the Newton test.
 
-    def __init__(self, groups: list[UnitGroup], fallback_curvature: float,
-                 hvp: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None):
-        self.groups, self.fallback, self.hvp = groups, fallback_curvature, hvp
+    Ids are the caller's labels of the minima: non-negative integers (database rows)."""
+
+    def __init__(self, groups: list[UnitGroup], fallback_curvature: float, energy_gradient: EnergyGradient | None = None):
+        self.groups, self.fallback, self.energy_gradient = groups, fallback_curvature, energy_gradient
         self._energies: list[float] = []
         self._ids: list[int] = []
         self.points: dict[int, Point] = {}
-        self._sigs: dict[int, list[np.ndarray]] = {}
         self._max_g, self._min_curv = 0.0, fallback_curvature
+        # per id (row = id): energy, |g|, lowest eigenvalue, sorted unit norms per group, and the
+        # first group's unit rows (H, m) with their squared norms
+        self._E, self._g, self._c = np.zeros(0), np.zeros(0), np.zeros(0)
+        self._sig = np.zeros((0, sum(len(g.incoming) for g in groups)))
+        self._rows: np.ndarray | None = None  # float32, for the bounds only
+        self._rows_sq = np.zeros((0, len(groups[0].incoming) if groups else 0))
+        self._bounds = np.cumsum([0] + [len(g.incoming) for g in groups])
+        self._tracks: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # track -> (last query, bounds per id)
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def add(self, id_: int, p: Point) -> None:
+        """Store ``p`` as minimum ``id_`` (replacing that id's point if present)."""
         if id_ in self.points:
             self.remove(id_)
+        for _, known in self._tracks.values():
+            if id_ < len(known):
+                known[id_] = 0.0  # moved: the kept bounds no longer hold
         k = bisect.bisect(self._energies, p.energy)
         self._energies.insert(k, p.energy)
         self._ids.insert(k, id_)
         self.points[id_] = p
-        self._sigs[id_] = self._signature(p.x)
+        rows = _unit_rows(p.x, self.groups[0], len(self.groups) == 1) if self.groups else np.zeros((0, 0))
+        if self._rows is None:
+            self._rows = np.zeros((0, *rows.shape), np.float32)
+        if id_ >= len(self._E):
+            grow = max(id_ + 1, 2 * len(self._E), 16) - len(self._E)
+            for name in ("_E", "_g", "_c", "_sig", "_rows", "_rows_sq"):
+                a = getattr(self, name)
+                setattr(self, name, np.concatenate([a, np.zeros((grow, *a.shape[1:]), a.dtype)]))
+        self._E[id_], self._g[id_], self._c[id_] = p.energy, p.gnorm, p.curvature
+        self._sig[id_] = np.concatenate(self._signature(p.x)) if self.groups else []
+        self._rows[id_] = rows
+        self._rows_sq[id_] = (rows * rows).sum(-1)
         self._max_g = max(self._max_g, p.gnorm)
         if p.curvature > 0:
             self._min_curv = min(self._min_curv, p.curvature)
 
     def remove(self, id_: int) -> None:
         p = self.points.pop(id_)
-        del self._sigs[id_]
         k = bisect.bisect_left(self._energies, p.energy)
         while self._ids[k] != id_:
             k += 1
@@ -191,22 +254,12 @@ class MinimaIndex:
 
     @classmethod
     def of(cls, m, groups: list[UnitGroup], fallback_curvature: float,
-           hvp: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> "MinimaIndex":
+           energy_gradient: EnergyGradient | None = None) -> "MinimaIndex":
         """An index of stored minima ``m`` (see :func:`stored_point`), ids = rows."""
-        index = cls(groups, fallback_curvature, hvp)
+        index = cls(groups, fallback_curvature, energy_gradient)
         for i in range(len(m.energy)):
             index.add(i, stored_point(m, i))
         return index
-
-    def _newton_consistent(self, p: Point, q: Point, delta: np.ndarray, moves) -> bool:
-        """Is ``p`` the point the quadratic model of stored minimum ``q`` predicts: its gradient
-        (aligned like its coordinates) equal to H_q (x_p - x_q) within NEWTON_KAPPA of |g_p|,
-        plus |g_q| (the stored point is itself converged only to |g_q|) and a rounding floor?
-        Skipped (True) without an ``hvp`` or a gradient for ``p``."""
-        if self.hvp is None or p.grad is None or not delta.any():
-            return True
-        r = np.linalg.norm(self.hvp(q.x, delta) - apply(p.grad, self.groups, moves))
-        return bool(r <= NEWTON_KAPPA * p.gnorm + (1 + NEWTON_KAPPA) * q.gnorm + 1e-12 * np.sqrt(delta.size))
 
     def _signature(self, x: np.ndarray) -> list[np.ndarray]:
         """Per group, the sorted norms of the units' (incoming, outgoing) vectors: invariant under
@@ -214,34 +267,118 @@ class MinimaIndex:
         (unit blocks of a group are disjoint; sorting solves the matching of norms)."""
         return [np.sort(np.sqrt((x[g.incoming] ** 2).sum(1) + (x[g.outgoing] ** 2).sum(1))) for g in self.groups]
 
-    def match(self, p: Point, ambiguity: bool = True) -> Match:
+    def _lower_bounds(self, p: Point, ids: np.ndarray) -> np.ndarray:
+        """Lower bounds on the aligned distance from ``p`` to each stored minimum ``ids``: sorted
+        unit norms per group, and the first group's assignment bound."""
+        if not self.groups:
+            return np.zeros(len(ids))
+        diff = self._sig[ids] - np.concatenate(self._signature(p.x))
+        per_group = np.stack([np.sqrt((diff[:, a:b] ** 2).sum(1)) for a, b in zip(self._bounds[:-1], self._bounds[1:])])
+        g0 = self.groups[0]
+        assign = _assignment_bound(self._rows[ids], self._rows_sq[ids], _unit_rows(p.x, g0, len(self.groups) == 1), g0.odd)
+        return np.maximum(per_group.max(0), np.sqrt(assign))
+
+    def match(self, p: Point, ambiguity: bool = True, track: int | None = None) -> Match:
         """Which stored minimum ``p`` is, if any (see the module docstring for the rule).
-        ``ambiguity=False`` looks only for a 'same' verdict (when ``p`` cannot be refined)."""
+        ``ambiguity=False`` looks only for a 'same' verdict (when ``p`` cannot be refined).
+
+        ``track`` names a sequence of nearby queries (a basin-hopping walker): the lower bounds of
+        its previous query x' are kept, and by the triangle inequality (symmetries are isometries)
+        bound(p, q) >= bound(x', q) - ||x' - align(x', p)||, so only stored minima whose reused
+        bound falls within reach are bounded afresh (Elkan's trick for k-means)."""
         factor = AMBIGUITY if ambiguity else 1.0
         probe = Point(p.energy, p.x, max(p.gnorm, self._max_g))
         reach = factor * tolerances(p, probe, self._min_curv)[0]
         lo = bisect.bisect_left(self._energies, p.energy - reach)
         hi = bisect.bisect_right(self._energies, p.energy + reach)
-        cand = sorted(self._ids[lo:hi], key=lambda i: abs(self.points[i].energy - p.energy))
-        ambiguous, best = [], np.inf
-        sig = self._signature(p.x) if cand else []
-        for i in cand:
-            q = self.points[i]
-            e_tol, d_tol = tolerances(p, q, self.fallback)
-            de = abs(p.energy - q.energy)
-            if de > factor * e_tol:
-                continue
-            bound = max(float(np.linalg.norm(a - b)) for a, b in zip(sig, self._sigs[i])) if sig else 0.0
-            if bound > factor * d_tol:  # provably too far apart: no alignment needed
-                best = min(best, bound)
-                continue
+        ids = np.array(self._ids[lo:hi], dtype=np.int64)
+        if len(ids) == 0:
+            return Match(None, (), np.inf)
+        e_tol, d_tol = _tolerances(p, self._g[ids], self._c[ids], self.fallback)
+        de = np.abs(self._E[ids] - p.energy)
+        keep = de <= factor * e_tol
+        ids, e_tol, d_tol, de = ids[keep], e_tol[keep], d_tol[keep], de[keep]
+        bound, fresh = np.zeros(len(ids)), np.ones(len(ids), bool)
+        reused = np.zeros(len(self._E))
+        if track in self._tracks:
+            prev, known = self._tracks[track]
+            reused[:len(known)] = known - distance(prev, p.x, self.groups)
+            bound = reused[ids]
+            fresh = bound <= factor * d_tol
+        bound[fresh] = self._lower_bounds(p, ids[fresh])
+        reused[ids[fresh]] = bound[fresh]
+        if track is not None:
+            self._tracks[track] = (p.x.copy(), reused)
+        best = float(bound.min()) if len(bound) else np.inf
+        near = np.flatnonzero(bound <= factor * d_tol)
+        ambiguous, same, qs, images, moves_of = [], [], [], [], []
+        for j in near[np.argsort(bound[near])]:
+            q = self.points[int(ids[j])]
             moves = alignment(q.x, p.x, self.groups)
             image = apply(p.x, self.groups, moves)
-            delta = image - q.x
-            d = float(np.linalg.norm(delta))
+            d = float(np.linalg.norm(image - q.x))
             best = min(best, d)
-            if de <= e_tol and d <= d_tol and self._newton_consistent(p, q, delta, moves):
-                return Match(i, (), d, image)
-            if d <= factor * d_tol and ambiguity:
-                ambiguous.append(i)
+            if de[j] <= e_tol[j] and d <= d_tol[j]:
+                same.append(int(ids[j]))
+                qs.append(q)
+                images.append(image)
+                moves_of.append(moves)
+            elif d <= factor * d_tol[j] and ambiguity:
+                ambiguous.append(int(ids[j]))
+        ok = self._newton_consistent(p, qs, images, moves_of)
+        for i, q, image, good in zip(same, qs, images, ok):
+            if good:
+                return Match(i, (), float(np.linalg.norm(image - q.x)), image)
         return Match(None, tuple(ambiguous), best)
+
+    def _newton_consistent(self, p: Point, qs: list[Point], images: list[np.ndarray], moves: list) -> np.ndarray:
+        """For each stored minimum q in ``qs``: is ``p`` where q's quadratic model puts it?
+
+        With delta = x_p - x_q (``images``: x_p aligned onto each q, its gradient g_p moved alike)
+        and H delta a forward difference of gradients from p, |delta| (g_p - g(x_p - NEWTON_STEP
+        delta / |delta|)) / NEWTON_STEP (all candidates in one ``energy_gradient`` call;
+        rounding ~1e-16 |delta| / NEWTON_STEP, third-derivative error ~NEWTON_STEP |delta|):
+        - q's gradient known: |H delta - (g_p - g_q)| <= NEWTON_KAPPA |g_p - g_q| (the cubic
+          term is within NEWTON_KAPPA of the quadratic one). Then, to third order, the energy
+          satisfies |E_p - E_q - (g_p + g_q).delta / 2| <= NEWTON_KAPPA |delta| |g_p - g_q| / 6
+          (trapezoid rule); this is checked first, with a margin of 3, and costs nothing.
+        - q's gradient unknown: |H delta - g_p| <= NEWTON_KAPPA |g_p| + (1 + NEWTON_KAPPA) |g_q|.
+        A rounding floor is added to each. All True without ``energy_gradient`` or a gradient for p."""
+        ok = np.ones(len(qs), bool)
+        if self.energy_gradient is None or p.grad is None or not qs:
+            return ok
+        deltas = [image - q.x for image, q in zip(images, qs)]
+        norms = np.array([np.linalg.norm(d) for d in deltas])
+        gp = [apply(p.grad, self.groups, m) for m in moves]
+        floor = 1e-12 * np.sqrt(p.x.size)
+        for i, q in enumerate(qs):
+            if q.grad is not None and norms[i] > 0:
+                trapezoid = p.energy - q.energy - 0.5 * float((gp[i] + q.grad) @ deltas[i])
+                allowed = NEWTON_KAPPA * norms[i] * np.linalg.norm(gp[i] - q.grad) / 2 + ENERGY_FLOOR * max(1.0, abs(p.energy))
+                ok[i] = abs(trapezoid) <= allowed
+        test = np.flatnonzero(ok & (norms > 0))
+        if len(test) == 0:
+            return ok
+        back = np.stack([images[i] - (NEWTON_STEP / norms[i]) * deltas[i] for i in test])
+        _, G = self.energy_gradient(back)
+        for row, i in enumerate(test):
+            Hd = (gp[i] - G[row]) * (norms[i] / NEWTON_STEP)
+            q = qs[i]
+            if q.grad is not None:
+                change = gp[i] - q.grad
+                ok[i] = np.linalg.norm(Hd - change) <= NEWTON_KAPPA * np.linalg.norm(change) + floor
+            else:
+                ok[i] = np.linalg.norm(Hd - gp[i]) <= NEWTON_KAPPA * p.gnorm + (1 + NEWTON_KAPPA) * q.gnorm + floor
+        return ok
+        deltas = [image - q.x for image, q in zip(images, qs)]
+        norms = np.array([np.linalg.norm(d) for d in deltas])
+        moving = np.flatnonzero(norms > 0)
+        if len(moving) == 0:
+            return ok
+        back = np.stack([images[i] - (NEWTON_STEP / norms[i]) * deltas[i] for i in moving])
+        _, G = self.energy_gradient(back)
+        for row, i in enumerate(moving):
+            g = apply(p.grad, self.groups, moves[i])
+            Hd = (g - G[row]) * (norms[i] / NEWTON_STEP)
+            ok[i] = np.linalg.norm(Hd - g) <= self._slack(p, qs[i], deltas[i].size)
+        return ok

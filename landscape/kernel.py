@@ -46,13 +46,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["ACTIVATIONS", "CFLAGS", "MLPKernel", "available", "unavailable_reason", "library_path"]
+__all__ = ["ACTIVATIONS", "CFLAGS", "MLPKernel", "available", "unavailable_reason", "library_path", "lbfgs_direction",
+           "LBFGS_MAX_PAIRS"]
 
 ACTIVATIONS = ("tanh", "sigmoid", "relu")
 _MARCH = os.environ.get("LANDSCAPE_KERNEL_MARCH", "native")
 CFLAGS = ("-O3", f"-march={_MARCH}", "-funroll-loops", "-ffp-contract=fast", "-fno-math-errno",
           "-std=gnu11", "-fPIC", "-shared", "-pthread")
-_ABI = 3
+_ABI = 4
 _SRC = Path(__file__).with_name("_mlp_kernel.c")
 
 _lock = threading.Lock()
@@ -160,6 +161,8 @@ def _load() -> ctypes.CDLL | None:
             lib.mlpk_last_threads.restype = i
             lib.mlpk_eval.argtypes = [vp, L, vp, vp, vp, i]
             lib.mlpk_eval.restype = i
+            lib.lbfgs_direction.argtypes = [L, L, i, vp, L, vp, vp, vp, vp, vp, vp, vp]
+            lib.lbfgs_direction.restype = None
             _state["lib"], _state["path"] = lib, path
         except Exception as exc:  # noqa: BLE001 - available() must never raise
             _state["reason"] = f"{type(exc).__name__}: {exc}"
@@ -229,6 +232,38 @@ def _pointer(x: Any, name: str, shape: tuple[int, ...], writeable: bool, cache: 
             raise ValueError(f"{name} must not require grad")
         return x.data_ptr()
     raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+
+
+# --------------------------------------------------------------------------- L-BFGS two-loop
+
+LBFGS_MAX_PAIRS = 64
+
+
+def lbfgs_direction(S: np.ndarray, Y: np.ndarray, rho: np.ndarray, gamma: np.ndarray, g: np.ndarray,
+                    order: Sequence[int], rows: np.ndarray) -> np.ndarray:
+    """-H g by the L-BFGS two-loop recursion for problems ``rows`` (n,), compiled, one thread.
+
+    S, Y: (M, ld, P) rings of steps and gradient changes; rho (M, ld): 1 / s.y, 0 for an unusable
+    pair (skipped); gamma (ld): initial inverse-Hessian scale; g (ld, P); order: the ring
+    indices to use, newest first (at most LBFGS_MAX_PAIRS). All float64 and C-contiguous.
+    Returns d (n, P). Call only when :func:`available`."""
+    M, ld, P = S.shape
+    if len(order) > LBFGS_MAX_PAIRS:
+        raise ValueError(f"at most {LBFGS_MAX_PAIRS} pairs, got {len(order)}")
+    for name, a, shape in (("S", S, (M, ld, P)), ("Y", Y, (M, ld, P)), ("rho", rho, (M, ld)),
+                           ("gamma", gamma, (ld,)), ("g", g, (ld, P))):
+        if a.dtype != _F64 or a.shape != shape or not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous float64 of shape {shape}")
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= ld):
+        raise ValueError(f"rows must lie in [0, {ld})")
+    idx = np.ascontiguousarray(order, dtype=np.intc)
+    if len(idx) and (idx.min() < 0 or idx.max() >= M):
+        raise ValueError(f"order must lie in [0, {M})")
+    d = np.empty((len(rows), P))
+    _load().lbfgs_direction(P, ld, len(idx), idx.ctypes.data, len(rows), rows.ctypes.data, S.ctypes.data,
+                            Y.ctypes.data, rho.ctypes.data, gamma.ctypes.data, g.ctypes.data, d.ctypes.data)
+    return d
 
 
 # --------------------------------------------------------------------------- kernel

@@ -19,6 +19,8 @@ from typing import Callable
 
 import numpy as np
 
+from . import kernel
+
 EnergyGradient = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 CONVERGED, MAXITER, NONFINITE, STUCK = "converged", "maxiter", "non-finite energy", "line search failed"
@@ -67,6 +69,7 @@ class LBFGS:
         self.fun, self.P, self.tol, self.maxiter = fun, int(n_params), float(tol), int(maxiter)
         self.M, self.maxstep, self.rise_tol, self.max_halvings, self.h0 = memory, maxstep, rise_tol, max_halvings, h0
         self._alloc(0)
+        self.compiled = kernel.available() and memory <= kernel.LBFGS_MAX_PAIRS
         self.head = 0  # ring position of the newest (s, y) pair, shared by all slots
         self.pushes = 0  # pairs pushed so far (ring entries beyond it are empty)
 
@@ -128,23 +131,32 @@ class LBFGS:
             self.pending[p] = False
 
     def _direction(self, sel: slice | np.ndarray) -> np.ndarray:
-        """-H g for the slots ``sel`` by the two-loop recursion, newest pair first."""
+        """-H g for the slots ``sel`` by the two-loop recursion, newest pair first (compiled
+        where :mod:`landscape.kernel` is available, NumPy otherwise)."""
+        order = [(self.head - i) % self.M for i in range(min(self.M, self.pushes))]
+        if self.compiled:
+            rows = np.arange(len(self.active)) if isinstance(sel, slice) else sel
+            return kernel.lbfgs_direction(self.S, self.Y, self.rho, self.gamma, self.g, order, rows)
         q = self.g[sel].copy()
         S, Y, rho = self.S[:, sel], self.Y[:, sel], self.rho[:, sel]
-        order = [(self.head - i) % self.M for i in range(min(self.M, self.pushes))]
-        alpha = np.empty((self.M, len(q)))
+        alpha = np.zeros((self.M, len(q)))
         tmp = np.empty_like(q)
         for i, j in enumerate(order):
+            use = rho[j] != 0  # an unusable pair is skipped (its arrays may hold anything)
             np.einsum("ap,ap->a", S[j], q, out=alpha[i])
-            alpha[i] *= rho[j]
-            q -= np.multiply(Y[j], alpha[i][:, None], out=tmp)
+            alpha[i] = np.where(use, alpha[i] * rho[j], 0.0)
+            np.multiply(Y[j], alpha[i][:, None], out=tmp)
+            tmp[~use] = 0.0
+            q -= tmp
         q *= self.gamma[sel][:, None]
         beta = np.empty(len(q))
         for i, j in reversed(list(enumerate(order))):
+            use = rho[j] != 0
             np.einsum("ap,ap->a", Y[j], q, out=beta)
-            beta *= rho[j]
-            np.subtract(alpha[i], beta, out=beta)
-            q += np.multiply(S[j], beta[:, None], out=tmp)
+            beta = np.where(use, alpha[i] - beta * rho[j], 0.0)
+            np.multiply(S[j], beta[:, None], out=tmp)
+            tmp[~use] = 0.0
+            q += tmp
         return np.negative(q, out=q)
 
     def step(self) -> MinimizeResult:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from landscape import models
+from landscape import kernel, models
 from landscape.energy import Energy
 from landscape.minimize import LBFGS, minimize
 
@@ -80,3 +80,27 @@ def test_nonfinite_energy_is_reported():
     assert list(r.status) == ["non-finite energy", "converged"]
     with pytest.raises(ValueError, match=r"shape \(k, 2\)"):
         LBFGS(fun, 2).add(np.zeros((1, 3)))
+
+
+@pytest.mark.skipif(not kernel.available(), reason="no C compiler")
+@pytest.mark.parametrize("P, K, M", [(43, 7, 5), (2410, 3, 20)])
+def test_compiled_two_loop_equals_numpy(P, K, M):
+    """The compiled two-loop recursion gives the NumPy one's direction, skips unusable pairs
+    (rho = 0, arrays holding NaN) and honours the ring order and a subset of slots."""
+    rng = np.random.default_rng(P)
+    opt = LBFGS(lambda x: (np.zeros(len(x)), x), P, memory=M)
+    opt.add(rng.normal(size=(K, P)))
+    opt._evaluate_pending()
+    opt.S[...] = rng.normal(size=opt.S.shape)
+    opt.Y[...] = opt.S + 0.3 * rng.normal(size=opt.S.shape)
+    opt.rho[...] = 1.0 / np.einsum("mkp,mkp->mk", opt.S, opt.Y)
+    opt.rho[1, 2], opt.Y[1, 2], opt.S[1, 2] = 0.0, np.nan, np.nan
+    opt.gamma[...] = rng.uniform(0.1, 1.0, K)
+    opt.pushes, opt.head = M - 1, 3  # a ring that is not full, newest pair not at the end
+    for sel in (slice(None), np.array([2, 0])):
+        opt.compiled = True
+        fast = opt._direction(sel)
+        opt.compiled = False
+        slow = opt._direction(sel)
+        assert np.all(np.isfinite(fast))
+        np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12 * np.abs(slow).max())

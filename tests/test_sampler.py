@@ -139,7 +139,7 @@ def test_quench_endpoints_are_matched_by_the_newton_test(sampled, problem):
         m = db.minima()
     E = problem.energy()
     P = problem.model.n_params
-    index = identify.MinimaIndex.of(m, problem.model.unit_groups(), 2 * problem.lam, hvp=lambda x, v: E.hvp(x, v)[0])
+    index = identify.MinimaIndex.of(m, problem.model.unit_groups(), 2 * problem.lam, energy_gradient=E.energy_gradient)
     rng = np.random.default_rng(2)
     r = minimize(E.energy_gradient, m.coords + rng.normal(scale=0.02, size=m.coords.shape), tol=1e-6)
     for i in range(len(m)):
@@ -149,3 +149,66 @@ def test_quench_endpoints_are_matched_by_the_newton_test(sampled, problem):
         # the same coordinates with a gradient the stored minimum's curvature cannot produce
         inconsistent = identify.Point(p.energy, p.x, p.gnorm, grad=-r.grad[i])
         assert index.match(inconsistent).same is None
+
+
+def test_assignment_bound_never_exceeds_the_optimal_assignment():
+    """The float32 bound less its rounding margin stays below the exact (float64) assignment cost,
+    also for near-identical rows, where float32 rounding matters most."""
+    from scipy.optimize import linear_sum_assignment
+    rng = np.random.default_rng(3)
+    for odd in (True, False):
+        for scale in (1e-3, 1.0, 30.0):
+            x = scale * rng.normal(size=(12, 9))
+            refs = np.stack([x + scale * s * rng.normal(size=x.shape) for s in (0.0, 1e-7, 1e-3, 1.0)] * 3)
+            bound = identify._assignment_bound(refs.astype(np.float32), (refs ** 2).sum(-1), x, odd)
+            for ref, b in zip(refs, bound):
+                cost, _ = identify._group_cost(ref, x, odd)
+                r, c = linear_sum_assignment(cost)
+                assert b <= cost[r, c].sum() * (1 + 1e-12) + 1e-300
+
+
+def test_tracked_queries_give_the_same_verdicts(sampled, problem):
+    """Reusing a walker's bounds (the triangle inequality) changes no verdict: a random walk
+    of queries, near stored minima and far from them, matched with and without a track."""
+    path, _ = sampled
+    with Database(path) as db:
+        m = db.minima()
+    groups = problem.model.unit_groups()
+    plain = identify.MinimaIndex.of(m, groups, 2 * problem.lam)
+    tracked = identify.MinimaIndex.of(m, groups, 2 * problem.lam)
+    rng = np.random.default_rng(4)
+    for step in range(30):
+        i = step % len(m)
+        p = identify.stored_point(m, i)
+        x = identify.random_image(p.x, groups, rng) + rng.normal(scale=[1e-9, 1e-2, 1.0][step % 3], size=p.x.shape)
+        q = identify.Point(p.energy, x, p.gnorm)
+        a, b = plain.match(q), tracked.match(q, track=0)
+        assert (a.same, a.ambiguous) == (b.same, b.ambiguous)
+        if step % 3 == 0:
+            assert b.same == i
+
+
+def test_newton_test_with_known_gradients(problem):
+    """With the stored minimum's gradient known, quench endpoints of one minimum pass the energy
+    (trapezoid) and Newton tests; an endpoint with a gradient its curvature cannot produce, or
+    with an energy off by more than the cubic term allows, does not."""
+    from landscape.minimize import minimize
+    E = problem.energy()
+    P = problem.model.n_params
+    groups = problem.model.unit_groups()
+    rng = np.random.default_rng(6)
+    x0 = minimize(E.energy_gradient, rng.normal(size=(1, P)), tol=1e-10).x[0]
+    r = minimize(E.energy_gradient, x0 + rng.normal(scale=0.02, size=(6, P)), tol=1e-6)
+    assert r.converged.all()
+    point = lambda k, **kw: identify.Point(kw.get("energy", r.energy[k]), r.x[k], r.grad_rms[k] * np.sqrt(P),
+                                           grad=kw.get("grad", r.grad[k]))
+    index = identify.MinimaIndex(groups, 2 * problem.lam, energy_gradient=E.energy_gradient)
+    index.add(0, point(0))
+    for k in range(1, 6):
+        image = identify.random_image(r.x[k], groups, rng)
+        assert index.match(point(k)).same == 0
+        assert index.match(identify.Point(r.energy[k], image, r.grad_rms[k] * np.sqrt(P),
+                                          grad=identify.apply(r.grad[k], groups, identify.alignment(image, r.x[k], groups)))).same == 0
+        assert index.match(point(k, grad=-r.grad[k])).same is None
+        e_tol = identify.tolerances(point(k), point(0), 2 * problem.lam)[0]
+        assert index.match(point(k, energy=r.energy[0] + e_tol / 2)).same is None  # within e_tol, not the trapezoid
