@@ -473,10 +473,10 @@ static void run_walker(const ctx_t *c, scratch_t *s, const double *w, double *Eo
 
 /* ------------------------------------------------------------------ thread pool */
 
-typedef struct {
-    const ctx_t *c;
-    const double *w;
-    double *E, *G;
+/* A job: items 0..K-1, handed out one at a time; item(jb, k, tid) does item k on thread tid. */
+typedef struct job {
+    void (*item)(const struct job *jb, long k, int tid);
+    const void *args;
     long K;
     atomic_long next;
 } job_t;
@@ -494,13 +494,10 @@ static int atfork_registered = 0;
 
 static void work(job_t *jb, int tid)
 {
-    const ctx_t *c = jb->c;
-    scratch_t *s = &c->scr[tid];
-    const long P = c->P;
     for (;;) {
         long k = atomic_fetch_add_explicit(&jb->next, 1, memory_order_relaxed);
         if (k >= jb->K) break;
-        run_walker(c, s, jb->w + k * P, jb->E + k, jb->G + k * P);
+        jb->item(jb, k, tid);
     }
 }
 
@@ -569,6 +566,53 @@ static int pool_grow(int nw)
         pool_nworkers++;
     }
     return pool_nworkers;
+}
+
+/* at most n threads (the caller + n - 1 workers, started if need be), fewer if threads fail */
+static int pool_threads(int n)
+{
+    if (n > 256) n = 256;
+    pthread_mutex_lock(&pool_mu);
+    int have = pool_grow(n - 1);
+    pthread_mutex_unlock(&pool_mu);
+    return have + 1 < n ? have + 1 : n;
+}
+
+/* run a job on the caller and nthreads - 1 pool workers; returns when every item is done */
+static void run_job(job_t *jb, int nthreads)
+{
+    atomic_init(&jb->next, 0);
+    if (nthreads <= 1) {
+        work(jb, 0);
+        return;
+    }
+    pthread_mutex_lock(&submit_mu);
+    pthread_mutex_lock(&pool_mu);
+    pool_job = jb;
+    pool_want = nthreads - 1;
+    pool_busy = nthreads - 1;
+    pool_gen++;
+    pthread_cond_broadcast(&pool_go);
+    pthread_mutex_unlock(&pool_mu);
+    work(jb, 0);
+    pthread_mutex_lock(&pool_mu);
+    while (pool_busy > 0) pthread_cond_wait(&pool_done, &pool_mu);
+    pool_job = NULL;
+    pthread_mutex_unlock(&pool_mu);
+    pthread_mutex_unlock(&submit_mu);
+}
+
+typedef struct {
+    const ctx_t *c;
+    const double *w;
+    double *E, *G;
+} eval_args_t;
+
+static void eval_item(const job_t *jb, long k, int tid)
+{
+    const eval_args_t *a = jb->args;
+    const long P = a->c->P;
+    run_walker(a->c, &a->c->scr[tid], a->w + k * P, a->E + k, a->G + k * P);
 }
 
 /* ------------------------------------------------------------------ public API */
@@ -732,40 +776,12 @@ int mlpk_eval(void *h, long K, const double *w, double *E, double *G, int nthrea
         double want = (double)K * fma * c->Npad / per_thread;
         if (want < nthreads) nthreads = want < 1.0 ? 1 : (int)want;
     }
-    if (nthreads > 256) nthreads = 256;
-    if (nthreads > 1) {
-        pthread_mutex_lock(&pool_mu);
-        int have = pool_grow(nthreads - 1);
-        pthread_mutex_unlock(&pool_mu);
-        if (have + 1 < nthreads) nthreads = have + 1;
-    }
+    if (nthreads > 1) nthreads = pool_threads(nthreads);
     if (ensure_scratch(c, nthreads) != 0) return -1;
     c->last_threads = nthreads;
-    job_t jb;
-    jb.c = c;
-    jb.w = w;
-    jb.E = E;
-    jb.G = G;
-    jb.K = K;
-    atomic_init(&jb.next, 0);
-    if (nthreads == 1) {
-        work(&jb, 0);
-        return 0;
-    }
-    pthread_mutex_lock(&submit_mu);
-    pthread_mutex_lock(&pool_mu);
-    pool_job = &jb;
-    pool_want = nthreads - 1;
-    pool_busy = nthreads - 1;
-    pool_gen++;
-    pthread_cond_broadcast(&pool_go);
-    pthread_mutex_unlock(&pool_mu);
-    work(&jb, 0);
-    pthread_mutex_lock(&pool_mu);
-    while (pool_busy > 0) pthread_cond_wait(&pool_done, &pool_mu);
-    pool_job = NULL;
-    pthread_mutex_unlock(&pool_mu);
-    pthread_mutex_unlock(&submit_mu);
+    eval_args_t a = {c, w, E, G};
+    job_t jb = {eval_item, &a, K};
+    run_job(&jb, nthreads);
     return 0;
 }
 
@@ -790,36 +806,58 @@ INLINE void axpy(double *y, double a, const double *x, long P)
     for (long p = 0; p < P; p++) y[p] += a * x[p];
 }
 
-/* d = -H g by the L-BFGS two-loop recursion for n problems, one thread. S and Y are rings
- * of shape (M, ld, P): pair j of problem k starts at (j * ld + k) * P; rho (M, ld) is
- * 1 / s.y, 0 where a pair is unusable (skipped); gamma (ld) scales the initial inverse
- * Hessian. order (npairs <= 64): the ring indices to use, newest first; rows (n): the problems;
- * g (ld, P); d (n, P). */
+typedef struct {
+    long P, ld;
+    int npairs;
+    const int *order;
+    const long *rows;
+    const double *S, *Y, *rho, *gamma, *g;
+    double *d;
+} lbfgs_args_t;
+
+/* the two-loop recursion for problem i of an lbfgs_direction call */
+static void lbfgs_item(const job_t *jb, long i, int tid)
+{
+    (void)tid;
+    const lbfgs_args_t *a = jb->args;
+    const long P = a->P, ld = a->ld, k = a->rows[i];
+    const double *S = a->S, *Y = a->Y, *rho = a->rho;
+    double alpha[64];
+    double *q = a->d + i * P;
+    memcpy(q, a->g + k * P, (size_t)P * sizeof(double));
+    for (int t = 0; t < a->npairs; t++) {
+        const long at = (long)a->order[t] * ld + k;
+        alpha[t] = 0.0;
+        if (rho[at] == 0.0) continue;
+        alpha[t] = rho[at] * dot(S + at * P, q, P);
+        axpy(q, -alpha[t], Y + at * P, P);
+    }
+    const double gk = a->gamma[k];
+    for (long p = 0; p < P; p++) q[p] *= gk;
+    for (int t = a->npairs - 1; t >= 0; t--) {
+        const long at = (long)a->order[t] * ld + k;
+        if (rho[at] == 0.0) continue;
+        const double beta = rho[at] * dot(Y + at * P, q, P);
+        axpy(q, alpha[t] - beta, S + at * P, P);
+    }
+    for (long p = 0; p < P; p++) q[p] = -q[p];
+}
+
+/* d = -H g by the L-BFGS two-loop recursion for n problems, one problem per item on up to
+ * nthreads threads (the result does not depend on it). S and Y are rings of shape (M, ld, P):
+ * pair j of problem k starts at (j * ld + k) * P; rho (M, ld) is 1 / s.y, 0 where a pair is
+ * unusable (skipped); gamma (ld) scales the initial inverse Hessian. order (npairs <= 64): the
+ * ring indices to use, newest first; rows (n): the problems; g (ld, P); d (n, P). */
 void lbfgs_direction(long P, long ld, int npairs, const int *order, long n, const long *rows,
                      const double *S, const double *Y, const double *rho, const double *gamma,
-                     const double *g, double *d)
+                     const double *g, double *d, int nthreads)
 {
-    double alpha[64];
     if (npairs > 64) npairs = 64;
-    for (long i = 0; i < n; i++) {
-        const long k = rows[i];
-        double *q = d + i * P;
-        memcpy(q, g + k * P, (size_t)P * sizeof(double));
-        for (int t = 0; t < npairs; t++) {
-            const long at = (long)order[t] * ld + k;
-            alpha[t] = 0.0;
-            if (rho[at] == 0.0) continue;
-            alpha[t] = rho[at] * dot(S + at * P, q, P);
-            axpy(q, -alpha[t], Y + at * P, P);
-        }
-        const double gk = gamma[k];
-        for (long p = 0; p < P; p++) q[p] *= gk;
-        for (int t = npairs - 1; t >= 0; t--) {
-            const long at = (long)order[t] * ld + k;
-            if (rho[at] == 0.0) continue;
-            const double beta = rho[at] * dot(Y + at * P, q, P);
-            axpy(q, alpha[t] - beta, S + at * P, P);
-        }
-        for (long p = 0; p < P; p++) q[p] = -q[p];
-    }
+    lbfgs_args_t a = {P, ld, npairs, order, rows, S, Y, rho, gamma, g, d};
+    /* about 4 M P multiply-adds an item; a worker is worth waking for ~4e5 of them */
+    double want = (double)n * 4.0 * npairs * P / 4.0e5;
+    if (nthreads > want) nthreads = want < 1.0 ? 1 : (int)want;
+    if (nthreads > 1) nthreads = pool_threads(nthreads);
+    job_t jb = {lbfgs_item, &a, n};
+    run_job(&jb, nthreads);
 }

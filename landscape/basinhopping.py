@@ -187,7 +187,7 @@ class _Sampler:
                   "resume": resume, "energy_backend": self.energy.backend, "hessian_used": self.hessian_mode}
         self.run_id = db.start_run(command, seed, params, shapes)
         self.opt = LBFGS(self.energy.energy_gradient, P, tol=s.tol, maxiter=s.maxiter, memory=s.memory,
-                         maxstep=s.maxstep)
+                         maxstep=s.maxstep, threads=threads)
         self.pushes = np.zeros(K, np.int64)
         self.refining = np.zeros(K, bool)
         self.pending_hits: list[int] = []  # repeat finds, written with the walker state (about once a second)

@@ -161,7 +161,7 @@ def _load() -> ctypes.CDLL | None:
             lib.mlpk_last_threads.restype = i
             lib.mlpk_eval.argtypes = [vp, L, vp, vp, vp, i]
             lib.mlpk_eval.restype = i
-            lib.lbfgs_direction.argtypes = [L, L, i, vp, L, vp, vp, vp, vp, vp, vp, vp]
+            lib.lbfgs_direction.argtypes = [L, L, i, vp, L, vp, vp, vp, vp, vp, vp, vp, i]
             lib.lbfgs_direction.restype = None
             _state["lib"], _state["path"] = lib, path
         except Exception as exc:  # noqa: BLE001 - available() must never raise
@@ -240,8 +240,9 @@ LBFGS_MAX_PAIRS = 64
 
 
 def lbfgs_direction(S: np.ndarray, Y: np.ndarray, rho: np.ndarray, gamma: np.ndarray, g: np.ndarray,
-                    order: Sequence[int], rows: np.ndarray) -> np.ndarray:
-    """-H g by the L-BFGS two-loop recursion for problems ``rows`` (n,), compiled, one thread.
+                    order: Sequence[int], rows: np.ndarray, threads: int = 1) -> np.ndarray:
+    """-H g by the L-BFGS two-loop recursion for problems ``rows`` (n,), compiled, on up to
+    ``threads`` threads of the kernel's pool (one problem per task; the result does not depend on it).
 
     S, Y: (M, ld, P) rings of steps and gradient changes; rho (M, ld): 1 / s.y, 0 for an unusable
     pair (skipped); gamma (ld): initial inverse-Hessian scale; g (ld, P); order: the ring
@@ -262,7 +263,8 @@ def lbfgs_direction(S: np.ndarray, Y: np.ndarray, rho: np.ndarray, gamma: np.nda
         raise ValueError(f"order must lie in [0, {M})")
     d = np.empty((len(rows), P))
     _load().lbfgs_direction(P, ld, len(idx), idx.ctypes.data, len(rows), rows.ctypes.data, S.ctypes.data,
-                            Y.ctypes.data, rho.ctypes.data, gamma.ctypes.data, g.ctypes.data, d.ctypes.data)
+                            Y.ctypes.data, rho.ctypes.data, gamma.ctypes.data, g.ctypes.data, d.ctypes.data,
+                            max(1, int(threads)))
     return d
 
 

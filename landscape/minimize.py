@@ -56,12 +56,12 @@ class LBFGS:
     ``add(x, tags)`` starts problems; ``step()`` advances every running problem by one
     iteration and returns those that finished (a :class:`MinimizeResult`, possibly empty).
     Defaults: tol 1e-6, maxiter 10000, memory 10, maxstep 1.0, rise_tol 1e-10, max_halvings 10,
-    first step ``h0`` = 0.1 times the gradient.
+    first step ``h0`` = 0.1 times the gradient; ``threads`` for the compiled two-loop recursion.
     """
 
     def __init__(self, fun: EnergyGradient, n_params: int, tol: float = 1e-6, maxiter: int = 10000,
                  memory: int = 10, maxstep: float = 1.0, rise_tol: float = 1e-10, max_halvings: int = 10,
-                 h0: float = 0.1):
+                 h0: float = 0.1, threads: int = 1):
         if not tol > 0:
             raise ValueError(f"tol must be > 0, got {tol}")
         if memory < 1 or maxiter < 1 or not maxstep > 0:
@@ -70,6 +70,7 @@ class LBFGS:
         self.M, self.maxstep, self.rise_tol, self.max_halvings, self.h0 = memory, maxstep, rise_tol, max_halvings, h0
         self._alloc(0)
         self.compiled = kernel.available() and memory <= kernel.LBFGS_MAX_PAIRS
+        self.threads = threads
         self.head = 0  # ring position of the newest (s, y) pair, shared by all slots
         self.pushes = 0  # pairs pushed so far (ring entries beyond it are empty)
 
@@ -136,7 +137,7 @@ class LBFGS:
         order = [(self.head - i) % self.M for i in range(min(self.M, self.pushes))]
         if self.compiled:
             rows = np.arange(len(self.active)) if isinstance(sel, slice) else sel
-            return kernel.lbfgs_direction(self.S, self.Y, self.rho, self.gamma, self.g, order, rows)
+            return kernel.lbfgs_direction(self.S, self.Y, self.rho, self.gamma, self.g, order, rows, self.threads)
         q = self.g[sel].copy()
         S, Y, rho = self.S[:, sel], self.Y[:, sel], self.rho[:, sel]
         alpha = np.zeros((self.M, len(q)))
@@ -248,7 +249,7 @@ def concat(results: list[MinimizeResult]) -> MinimizeResult:
 def minimize(fun: EnergyGradient, x0: np.ndarray, tol: float = 1e-6, maxiter: int = 10000, **options) -> MinimizeResult:
     """Minimise K independent problems from the rows of ``x0`` (K, P); results in row order.
 
-    ``options`` go to :class:`LBFGS` (memory, maxstep, rise_tol, max_halvings, h0).
+    ``options`` go to :class:`LBFGS` (memory, maxstep, rise_tol, max_halvings, h0, threads).
     """
     x0 = np.atleast_2d(np.asarray(x0, dtype=np.float64))
     opt = LBFGS(fun, x0.shape[1], tol=tol, maxiter=maxiter, **options)

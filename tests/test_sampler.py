@@ -151,6 +151,14 @@ def test_quench_endpoints_are_matched_by_the_newton_test(sampled, problem):
         assert index.match(inconsistent).same is None
 
 
+def test_halving_minimum_equals_numpy():
+    rng = np.random.default_rng(8)
+    for shape in [(5, 7, 7), (3, 32, 32), (4, 5, 3), (2, 1, 1), (2, 12, 9)]:
+        a = rng.normal(size=shape).astype(np.float32)
+        np.testing.assert_array_equal(identify._min_last(a), a.min(-1))
+        np.testing.assert_array_equal(identify._min_last(a.swapaxes(1, 2)), a.min(1))
+
+
 def test_assignment_bound_never_exceeds_the_optimal_assignment():
     """The float32 bound less its rounding margin stays below the exact (float64) assignment cost,
     also for near-identical rows, where float32 rounding matters most."""
