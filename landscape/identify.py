@@ -27,7 +27,7 @@ it is not. With g_q known the trapezoid rule, exact for quadratics, checks the e
 for free: |E - E_q - (g + g_q).delta / 2| is within a cubic term that the Newton test bounds.
 Measured: Iris quench endpoints of one minimum pass with residuals of 0.3-2.5% of |g|; digits
 endpoints fail (residuals 1-140x |g|) and are refined before they are compared again; on digits
-the trapezoid check settles ~80% of the candidates without an evaluation.
+the trapezoid check settles ~75% of the candidates without an evaluation.
 
 Candidates. Stored minima are sorted by energy, and a lookup considers only those inside its
 energy window. Where the window holds many (digits at RMS 1e-6: e_tol spans every minimum),
