@@ -1,4 +1,6 @@
-"""Compiled energy + gradient of batched MLP losses (float64), from ``_mlp_kernel.c``.
+"""Compiled energy + gradient of batched MLP losses (float64), from ``_mlp_kernel.c``; the same
+library holds the L-BFGS two-loop recursion (:func:`lbfgs_direction`) that :mod:`landscape.minimize`
+uses for any energy.
 
 E(w) = mean over the N samples of the softmax cross-entropy of the logits against the labels
 y, plus ``lam * ||w||^2`` (all parameters, biases included), and its gradient, for K parameter
