@@ -315,15 +315,17 @@ class MinimaIndex:
         keep = de <= factor * e_tol
         ids, e_tol, d_tol, de = ids[keep], e_tol[keep], d_tol[keep], de[keep]
         bound, fresh = np.zeros(len(ids)), np.ones(len(ids), bool)
-        reused = np.zeros(len(self._E))
         if track in self._tracks:
             prev, known = self._tracks[track]
+            reused = np.zeros(len(self._E))
             reused[:len(known)] = known - distance(prev, p.x, self.groups)
             bound = reused[ids]
             fresh = bound <= factor * d_tol
         bound[fresh] = self._lower_bounds(p, ids[fresh])
-        reused[ids[fresh]] = bound[fresh]
         if track is not None:
+            if track not in self._tracks:
+                reused = np.zeros(len(self._E))
+            reused[ids[fresh]] = bound[fresh]
             self._tracks[track] = (p.x.copy(), reused)
         best = float(bound.min()) if len(bound) else np.inf
         near = np.flatnonzero(bound <= factor * d_tol)
