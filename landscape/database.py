@@ -140,11 +140,14 @@ class Database:
 
     # -- minima --------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return self.f["minima/energy"].shape[0]
+        """Stored minima: rows present in every /minima dataset (a writer killed inside
+        :meth:`add_minimum` can leave some datasets one row longer; that row is not a minimum)."""
+        g = self.f["minima"]
+        return min(g[name].shape[0] for name in _MINIMA)
 
     def minima(self) -> Minima:
-        g = self.f["minima"]
-        return Minima(**{name: g[name][()] for name in _MINIMA})
+        g, n = self.f["minima"], len(self)
+        return Minima(**{name: g[name][:n] for name in _MINIMA})
 
     def add_minimum(self, energy: float, coords: np.ndarray, grad_rms: float, eigenvalues: np.ndarray,
                     first_found: tuple[int, int, int]) -> int:
@@ -153,7 +156,7 @@ class Database:
         n = len(self)
         row = dict(energy=energy, coords=coords, grad_rms=grad_rms, eigenvalues=_pad(eigenvalues), hits=1,
                    first_found=first_found)
-        for name, value in row.items():
+        for name, value in row.items():  # a torn row left by a killed writer is overwritten
             ds = g[name]
             ds.resize(n + 1, axis=0)
             ds[n] = value

@@ -220,3 +220,28 @@ def test_newton_test_with_known_gradients(problem):
         assert index.match(point(k, grad=-r.grad[k])).same is None
         e_tol = identify.tolerances(point(k), point(0), 2 * problem.lam)[0]
         assert index.match(point(k, energy=r.energy[0] + e_tol / 2)).same is None  # within e_tol, not the trapezoid
+
+
+def test_a_torn_row_left_by_a_killed_writer_is_not_a_minimum(sampled, problem, tmp_path):
+    """A writer killed inside add_minimum leaves some /minima datasets one row longer: readers
+    ignore that row and the next append overwrites it."""
+    import shutil
+
+    import h5py
+    path = tmp_path / "torn.h5"
+    shutil.copy(sampled[0], path)
+    with Database(path) as db:
+        before = db.minima()
+    with h5py.File(path, "a") as f:  # as if killed after writing the energy, before the coordinates
+        e = f["minima/energy"]
+        e.resize(len(before) + 1, axis=0)
+        e[len(before)] = -1.0
+    with Database(path) as db:
+        m = db.minima()
+        assert len(db) == len(m) == len(before)
+        np.testing.assert_array_equal(m.energy, before.energy)
+    with Database(path, problem, mode="a") as db:
+        i = db.add_minimum(1.0, before.coords[0], 1e-11, before.eigenvalues[0], (9, 0, 0))
+        assert i == len(before)
+        m = db.minima()
+    assert len(m) == len(before) + 1 and m.energy[-1] == 1.0 and m.coords.shape[0] == len(m)
