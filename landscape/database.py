@@ -86,6 +86,7 @@ class Database:
         if exists and mode == "a":  # validate read-only first, so a refused file is left untouched
             Database(self.path, problem, "r").close()
         self.f = _open(self.path, mode)
+        self._ds: dict[str, h5py.Dataset] | None = None  # /minima datasets of the open file
         self.writable = mode == "a"
         try:
             if exists and (len(self.f.keys()) > 0 or mode == "r"):
@@ -139,21 +140,26 @@ class Database:
         return Problem.from_json(self.f["problem"].attrs["problem"])
 
     # -- minima --------------------------------------------------------------------------------
+    @property
+    def _minima(self) -> dict[str, h5py.Dataset]:
+        """The /minima datasets, looked up once per open file (a lookup costs more than a row write)."""
+        if self._ds is None:
+            self._ds = {name: self.f["minima"][name] for name in _MINIMA}
+        return self._ds
+
     def __len__(self) -> int:
         """Stored minima: rows present in every /minima dataset (a writer killed inside
         :meth:`add_minimum` can leave some datasets one row longer; that row is not a minimum)."""
-        g = self.f["minima"]
-        return min(g[name].shape[0] for name in _MINIMA)
+        return min(ds.shape[0] for ds in self._minima.values())
 
     def minima(self) -> Minima:
-        g, n = self.f["minima"], len(self)
-        return Minima(**{name: g[name][:n] for name in _MINIMA})
+        n = len(self)
+        return Minima(**{name: ds[:n] for name, ds in self._minima.items()})
 
     def add_minimum(self, energy: float, coords: np.ndarray, grad_rms: float, eigenvalues: np.ndarray,
                     first_found: tuple[int, int, int]) -> int:
         """Append a new minimum (hits = 1); returns its id (row)."""
-        g = self.f["minima"]
-        n = len(self)
+        g, n = self._minima, len(self)
         row = dict(energy=energy, coords=coords, grad_rms=grad_rms, eigenvalues=_pad(eigenvalues), hits=1,
                    first_found=first_found)
         for name, value in row.items():  # a torn row left by a killed writer is overwritten
@@ -164,7 +170,7 @@ class Database:
 
     def update_minimum(self, id_: int, energy: float, coords: np.ndarray, grad_rms: float) -> None:
         """Replace a minimum's point by a better-converged copy; hits and provenance are kept."""
-        g = self.f["minima"]
+        g = self._minima
         for name, value in dict(energy=energy, coords=coords, grad_rms=grad_rms).items():
             g[name][id_] = value
 
@@ -172,7 +178,7 @@ class Database:
         """Count one more find of each id in ``ids`` (repeats allowed)."""
         if len(ids):
             u, c = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
-            h = self.f["minima/hits"]
+            h = self._minima["hits"]
             for i, k in zip(u, c):
                 h[i] = h[i] + k
 
@@ -234,7 +240,7 @@ class Database:
     def end_run(self, rid: int, status: str) -> None:
         """Close SWMR mode (reopening the file) and stamp the run's end."""
         self.f.close()
-        self.f = _open(self.path, "a")
+        self.f, self._ds = _open(self.path, "a"), None
         self.f[f"runs/{rid}"].attrs.update(ended=_now(), status=status)
         self.f.flush()
 

@@ -58,32 +58,49 @@ ENERGY_FLOOR = 1e-12
 DISTANCE_FLOOR = 1e-8
 
 
-def transform(x: np.ndarray, group: UnitGroup, perm: np.ndarray, signs: np.ndarray) -> np.ndarray:
-    """Relabel units of one group: unit i of the result is unit ``perm[i]`` of ``x`` times ``signs[i]``."""
-    out = x.copy()
-    for idx in (group.incoming, group.outgoing):
-        out[idx] = x[idx[perm]] * signs[:, None]
-    return out
+Moves = tuple[np.ndarray, np.ndarray]
+"""A symmetry operation as a signed gather (index, sign), each (P,) or (n, P): the image of a
+vector v (coordinates, or a gradient, which moves alike) is ``v[index] * sign``."""
+
+
+def _identity(n: int, P: int) -> Moves:
+    return np.tile(np.arange(P), (n, 1)), np.ones((n, P))
+
+
+def _relabel(moves: Moves, group: UnitGroup, perm: np.ndarray, signs: np.ndarray) -> None:
+    """Compose, in place, each row of ``moves`` (n, P) with a relabelling of ``group``: unit j of
+    the image becomes unit ``perm[i, j]`` of the previous image times ``signs[i, j]`` (both (n, H))."""
+    index, sign = moves
+    rows = np.arange(len(index))[:, None, None]
+    for block in (group.incoming, group.outgoing):
+        src = block[perm]  # (n, H, m) flat positions
+        index[rows, block] = index[rows, src]
+        sign[rows, block] = sign[rows, src] * signs[:, :, None]
+
+
+def apply(v: np.ndarray, moves: Moves) -> np.ndarray:
+    """The image of ``v`` (P,) under ``moves``: (P,) for one operation, (n, P) for n."""
+    index, sign = moves
+    return v[index] * sign
 
 
 def random_image(x: np.ndarray, groups: list[UnitGroup], rng: np.random.Generator) -> np.ndarray:
     """A random symmetry image of ``x`` (P,): same energy, different parameters."""
+    moves = _identity(1, x.size)
     for g in groups:
         H = len(g.incoming)
         signs = rng.choice([-1.0, 1.0], H) if g.odd else np.ones(H)
-        x = transform(x, g, rng.permutation(H), signs)
-    return x
+        _relabel(moves, g, rng.permutation(H)[None], signs[None])
+    return apply(x, moves)[0]
 
 
 def _group_cost(ref: np.ndarray, x: np.ndarray, odd: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Squared distances between the unit rows of ``ref`` (H, m) and ``x`` (H, m), under the better
-    sign of each pair when ``odd``: (cost (H, H), flip (H, H): True where -x is closer)."""
-    dot = ref @ x.T
-    base = (ref * ref).sum(-1)[:, None] + (x * x).sum(-1)
-    flip = (dot < 0) if odd else np.zeros(dot.shape, bool)
-    return np.maximum(base - 2.0 * (np.abs(dot) if odd else dot), 0.0), flip
-
-
+    """Squared distances between the unit rows of ``ref`` (..., H, m) and ``x`` (..., H, m), under
+    the better sign of each pair when ``odd``: (cost (..., H, H), dot products (..., H, H); a
+    negative one means -x is the closer)."""
+    dot = ref @ np.swapaxes(x, -1, -2)
+    base = (ref * ref).sum(-1)[..., :, None] + (x * x).sum(-1)[..., None, :]
+    return np.maximum(base - 2.0 * (np.abs(dot) if odd else dot), 0.0), dot
 def _assignment_bound(ref32: np.ndarray, ref_sq: np.ndarray, x: np.ndarray, odd: bool) -> np.ndarray:
     """Lower bounds (n,) on the optimal assignment cost between the unit rows of each ``ref32``
     (n, H, m; float32) and ``x`` (H, m): the larger of the sums of row and of column minima of
@@ -115,37 +132,34 @@ def _min_last(a: np.ndarray) -> np.ndarray:
 
 
 def _unit_rows(x: np.ndarray, g: UnitGroup, last: bool) -> np.ndarray:
-    """The rows matched for group ``g``: incoming weights and bias, plus the outgoing weights when
-    the next layer is the output (fixed there, so they can be compared directly)."""
-    return np.concatenate([x[g.incoming], x[g.outgoing]], axis=1) if last else x[g.incoming]
+    """The rows matched for group ``g`` of ``x`` (..., P): incoming weights and bias, plus the
+    outgoing weights when the next layer is the output (fixed there, so comparable directly)."""
+    return np.concatenate([x[..., g.incoming], x[..., g.outgoing]], axis=-1) if last else x[..., g.incoming]
 
 
-def alignment(ref: np.ndarray, x: np.ndarray, groups: list[UnitGroup]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per group, the (permutation, signs) mapping ``x`` (P,) onto its image closest to ``ref``."""
-    out = []
+def alignments(refs: np.ndarray, x: np.ndarray, groups: list[UnitGroup]) -> Moves:
+    """For each row of ``refs`` (n, P), the symmetry operation (n, P) mapping ``x`` (P,) onto its
+    image closest to that row, layer by layer (cost matrices for all rows at once, one
+    assignment problem per row and layer)."""
+    moves = _identity(*refs.shape)
     for k, g in enumerate(groups):
         last = k == len(groups) - 1
-        cost, flip = _group_cost(_unit_rows(ref, g, last), _unit_rows(x, g, last), g.odd)
-        rows, cols = linear_sum_assignment(cost)
-        perm = np.empty(len(rows), int)
-        perm[rows] = cols
-        signs = np.where(flip[rows, cols], -1.0, 1.0)[np.argsort(rows)]
-        if not last:  # the next group is matched on the relabelled weights
-            x = transform(x, g, perm, signs)
-        out.append((perm, signs))
-    return out
+        cost, dot = _group_cost(_unit_rows(refs, g, last), _unit_rows(apply(x, moves), g, last), g.odd)
+        perm = np.array([linear_sum_assignment(c)[1] for c in cost], int).reshape(cost.shape[:2])  # rows: 0..H-1
+        flip = np.take_along_axis(dot, perm[:, :, None], 2)[..., 0] < 0
+        _relabel(moves, g, perm, np.where(flip & g.odd, -1.0, 1.0))
+    return moves
 
 
-def apply(v: np.ndarray, groups: list[UnitGroup], moves: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Apply an :func:`alignment` to a vector (coordinates, or a gradient, which moves alike)."""
-    for g, (perm, signs) in zip(groups, moves):
-        v = transform(v, g, perm, signs)
-    return v
+def alignment(ref: np.ndarray, x: np.ndarray, groups: list[UnitGroup]) -> Moves:
+    """The symmetry operation (P,) mapping ``x`` (P,) onto its image closest to ``ref`` (P,)."""
+    index, sign = alignments(ref[None], x, groups)
+    return index[0], sign[0]
 
 
 def align(ref: np.ndarray, x: np.ndarray, groups: list[UnitGroup]) -> np.ndarray:
     """The symmetry image of ``x`` (P,) closest to ``ref`` (P,), layer by layer."""
-    return apply(x, groups, alignment(ref, x, groups))
+    return apply(x, alignment(ref, x, groups))
 
 
 def distance(ref: np.ndarray, x: np.ndarray, groups: list[UnitGroup]) -> float:
@@ -329,33 +343,31 @@ class MinimaIndex:
             self._tracks[track] = (p.x.copy(), reused)
         best = float(bound.min()) if len(bound) else np.inf
         near = np.flatnonzero(bound <= factor * d_tol)
-        ambiguous, same, qs, images, moves_of = [], [], [], [], []
-        for j in near[np.argsort(bound[near])]:
-            q = self.points[int(ids[j])]
-            moves = alignment(q.x, p.x, self.groups)
-            image = apply(p.x, self.groups, moves)
-            d = float(np.linalg.norm(image - q.x))
-            best = min(best, d)
-            if de[j] <= e_tol[j] and d <= d_tol[j]:
-                same.append(int(ids[j]))
-                qs.append(q)
-                images.append(image)
-                moves_of.append(moves)
-            elif d <= factor * d_tol[j] and ambiguity:
-                ambiguous.append(int(ids[j]))
-        ok = self._newton_consistent(p, qs, images, moves_of)
-        for i, q, image, good in zip(same, qs, images, ok):
+        if len(near) == 0:
+            return Match(None, (), best)
+        near = near[np.argsort(bound[near], kind="stable")]
+        qs = [self.points[int(i)] for i in ids[near]]
+        moves = alignments(np.stack([q.x for q in qs]), p.x, self.groups)
+        images = apply(p.x, moves)
+        d = np.linalg.norm(images - np.stack([q.x for q in qs]), axis=1)
+        best = min(best, float(d.min()))
+        same = (de[near] <= e_tol[near]) & (d <= d_tol[near])
+        ambiguous = ids[near][~same & (d <= factor * d_tol[near])] if ambiguity else ids[:0]
+        cand = np.flatnonzero(same)
+        ok = self._newton_consistent(p, [qs[j] for j in cand], images[cand], (moves[0][cand], moves[1][cand]))
+        for j, good in zip(cand, ok):
             if good:
-                return Match(i, (), float(np.linalg.norm(image - q.x)), image)
-        return Match(None, tuple(ambiguous), best)
+                return Match(int(ids[near[j]]), (), float(d[j]), images[j])
+        return Match(None, tuple(int(i) for i in ambiguous), best)
 
-    def _newton_consistent(self, p: Point, qs: list[Point], images: list[np.ndarray], moves: list) -> np.ndarray:
+    def _newton_consistent(self, p: Point, qs: list[Point], images: np.ndarray, moves: Moves) -> np.ndarray:
         """For each stored minimum q in ``qs``: is ``p`` where q's quadratic model puts it?
 
-        With delta = x_p - x_q (``images``: x_p aligned onto each q, its gradient g_p moved alike)
-        and H delta a forward difference of gradients from p, |delta| (g_p - g(x_p - NEWTON_STEP
-        delta / |delta|)) / NEWTON_STEP (all candidates in one ``energy_gradient`` call;
-        rounding ~1e-16 |delta| / NEWTON_STEP, third-derivative error ~NEWTON_STEP |delta|):
+        With delta = x_p - x_q (``images`` (n, P): x_p aligned onto each q by ``moves``, which
+        carry its gradient g_p alike) and H delta a forward difference of gradients from p,
+        |delta| (g_p - g(x_p - NEWTON_STEP delta / |delta|)) / NEWTON_STEP (all candidates in one
+        ``energy_gradient`` call; rounding ~1e-16 |delta| / NEWTON_STEP, third-derivative error
+        ~NEWTON_STEP |delta|):
         - q's gradient known: |H delta - (g_p - g_q)| <= NEWTON_KAPPA |g_p - g_q| (the cubic
           term is within NEWTON_KAPPA of the quadratic one). Then, to third order, the energy
           satisfies |E_p - E_q - (g_p + g_q).delta / 2| <= NEWTON_KAPPA |delta| |g_p - g_q| / 6
@@ -365,38 +377,27 @@ class MinimaIndex:
         ok = np.ones(len(qs), bool)
         if self.energy_gradient is None or p.grad is None or not qs:
             return ok
-        deltas = [image - q.x for image, q in zip(images, qs)]
-        norms = np.array([np.linalg.norm(d) for d in deltas])
-        gp = [apply(p.grad, self.groups, m) for m in moves]
-        floor = 1e-12 * np.sqrt(p.x.size)
-        for i, q in enumerate(qs):
-            if q.grad is not None and norms[i] > 0:
-                trapezoid = p.energy - q.energy - 0.5 * float((gp[i] + q.grad) @ deltas[i])
-                allowed = NEWTON_KAPPA * norms[i] * np.linalg.norm(gp[i] - q.grad) / 2 + ENERGY_FLOOR * max(1.0, abs(p.energy))
-                ok[i] = abs(trapezoid) <= allowed
-        test = np.flatnonzero(ok & (norms > 0))
+        deltas = images - np.stack([q.x for q in qs])
+        norms = np.linalg.norm(deltas, axis=1)
+        gp = apply(p.grad, moves)
+        known = np.array([q.grad is not None for q in qs])
+        change = gp - np.stack([q.grad if q.grad is not None else gp[i] for i, q in enumerate(qs)])
+        change_norm = np.linalg.norm(change, axis=1)
+        moving = norms > 0
+        if known.any():  # the trapezoid rule: (g_p + g_q).delta = (2 g_p - change).delta
+            E_q = np.array([q.energy for q in qs])
+            trapezoid = p.energy - E_q - 0.5 * np.einsum("ap,ap->a", 2.0 * gp - change, deltas)
+            allowed = NEWTON_KAPPA * norms * change_norm / 2 + ENERGY_FLOOR * max(1.0, abs(p.energy))
+            ok = ~(known & moving) | (np.abs(trapezoid) <= allowed)
+        test = np.flatnonzero(ok & moving)
         if len(test) == 0:
             return ok
-        back = np.stack([images[i] - (NEWTON_STEP / norms[i]) * deltas[i] for i in test])
+        back = images[test] - (NEWTON_STEP / norms[test])[:, None] * deltas[test]
         _, G = self.energy_gradient(back)
-        for row, i in enumerate(test):
-            Hd = (gp[i] - G[row]) * (norms[i] / NEWTON_STEP)
-            q = qs[i]
-            if q.grad is not None:
-                change = gp[i] - q.grad
-                ok[i] = np.linalg.norm(Hd - change) <= NEWTON_KAPPA * np.linalg.norm(change) + floor
-            else:
-                ok[i] = np.linalg.norm(Hd - gp[i]) <= NEWTON_KAPPA * p.gnorm + (1 + NEWTON_KAPPA) * q.gnorm + floor
-        return ok
-        deltas = [image - q.x for image, q in zip(images, qs)]
-        norms = np.array([np.linalg.norm(d) for d in deltas])
-        moving = np.flatnonzero(norms > 0)
-        if len(moving) == 0:
-            return ok
-        back = np.stack([images[i] - (NEWTON_STEP / norms[i]) * deltas[i] for i in moving])
-        _, G = self.energy_gradient(back)
-        for row, i in enumerate(moving):
-            g = apply(p.grad, self.groups, moves[i])
-            Hd = (g - G[row]) * (norms[i] / NEWTON_STEP)
-            ok[i] = np.linalg.norm(Hd - g) <= self._slack(p, qs[i], deltas[i].size)
+        Hd = (gp[test] - G) * (norms[test] / NEWTON_STEP)[:, None]
+        floor = 1e-12 * np.sqrt(p.x.size)
+        g_q = np.array([q.gnorm for q in qs])[test]
+        ok[test] = np.where(known[test],
+                            np.linalg.norm(Hd - change[test], axis=1) <= NEWTON_KAPPA * change_norm[test] + floor,
+                            np.linalg.norm(Hd - gp[test], axis=1) <= NEWTON_KAPPA * p.gnorm + (1 + NEWTON_KAPPA) * g_q + floor)
         return ok

@@ -216,7 +216,7 @@ def test_newton_test_with_known_gradients(problem):
         image = identify.random_image(r.x[k], groups, rng)
         assert index.match(point(k)).same == 0
         assert index.match(identify.Point(r.energy[k], image, r.grad_rms[k] * np.sqrt(P),
-                                          grad=identify.apply(r.grad[k], groups, identify.alignment(image, r.x[k], groups)))).same == 0
+                                          grad=identify.apply(r.grad[k], identify.alignment(image, r.x[k], groups)))).same == 0
         assert index.match(point(k, grad=-r.grad[k])).same is None
         e_tol = identify.tolerances(point(k), point(0), 2 * problem.lam)[0]
         assert index.match(point(k, energy=r.energy[0] + e_tol / 2)).same is None  # within e_tol, not the trapezoid
