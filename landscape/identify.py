@@ -71,11 +71,13 @@ def _relabel(moves: Moves, group: UnitGroup, perm: np.ndarray, signs: np.ndarray
     """Compose, in place, each row of ``moves`` (n, P) with a relabelling of ``group``: unit j of
     the image becomes unit ``perm[i, j]`` of the previous image times ``signs[i, j]`` (both (n, H))."""
     index, sign = moves
-    rows = np.arange(len(index))[:, None, None]
+    n, P = index.shape
+    base = P * np.arange(n)[:, None, None]
+    flat_index, flat_sign = index.reshape(-1), sign.reshape(-1)  # views: rows * P + column
     for block in (group.incoming, group.outgoing):
-        src = block[perm]  # (n, H, m) flat positions
-        index[rows, block] = index[rows, src]
-        sign[rows, block] = sign[rows, src] * signs[:, :, None]
+        dst, src = (base + block).ravel(), (base + block[perm]).ravel()  # (n, H, m) positions, flattened
+        flat_index[dst] = flat_index.take(src)
+        flat_sign[dst] = flat_sign.take(src) * np.repeat(signs, block.shape[1], axis=1).ravel()
 
 
 def apply(v: np.ndarray, moves: Moves) -> np.ndarray:

@@ -191,16 +191,19 @@ class LBFGS:
             self.nfev[idx[b]] += 1
             bad[b] = ~(En[b] <= allowed[b])
         ok = ~bad
-        # the (s, y) pair enters every slot's ring; rho = 0 where it is unusable, which skips it
-        s, yv = xn - x, Gn - g
-        sy, yy = np.einsum("ap,ap->a", s, yv), np.einsum("ap,ap->a", yv, yv)
-        good = ok & (sy > 1e-300) & (yy > 0)
+        # the (s, y) pair enters every slot's ring (written in place when every slot runs); rho = 0
+        # where it is unusable, which skips it
         self.head = (self.head + 1) % self.M
         self.pushes += 1
         h = self.head
         if isinstance(sel, np.ndarray):
             self.rho[h] = 0.0
-        self.S[h, sel], self.Y[h, sel] = s, yv
+            self.S[h, sel], self.Y[h, sel] = xn - x, Gn - g
+            s, yv = self.S[h, sel], self.Y[h, sel]
+        else:
+            s, yv = np.subtract(xn, x, out=self.S[h]), np.subtract(Gn, g, out=self.Y[h])
+        sy, yy = np.einsum("ap,ap->a", s, yv), np.einsum("ap,ap->a", yv, yv)
+        good = ok & (sy > 1e-300) & (yy > 0)
         self.rho[h, sel] = np.where(good, 1.0 / np.where(good, sy, 1.0), 0.0)
         self.gamma[idx] = np.where(good, sy / np.where(good, yy, 1.0), self.gamma[idx])
         if ok.all():
@@ -213,16 +216,18 @@ class LBFGS:
         if bad.any():
             self.rho[:, idx[bad]] = 0.0
             self.gamma[idx[bad]] = self.h0
-        done = (self._grad_rms(idx) <= self.tolv[idx]) | (self.nit[idx] >= self.maxiter) | (self.fails[idx] >= 2) \
+        rms = self._grad_rms(sel)
+        done = (rms <= self.tolv[idx]) | (self.nit[idx] >= self.maxiter) | (self.fails[idx] >= 2) \
             | ~np.isfinite(self.E[idx])
-        return self._result(idx[done])
+        return self._result(idx[done], rms[done])
 
-    def _grad_rms(self, slots: np.ndarray) -> np.ndarray:
+    def _grad_rms(self, slots: slice | np.ndarray) -> np.ndarray:
         g = self.g[slots]
         return np.sqrt(np.einsum("ap,ap->a", g, g) / self.P)
 
-    def _result(self, slots: np.ndarray) -> MinimizeResult:
-        rms = self._grad_rms(slots)
+    def _result(self, slots: np.ndarray, rms: np.ndarray | None = None) -> MinimizeResult:
+        """The problems in ``slots`` as a result (``rms``: their RMS gradients, when known), removed."""
+        rms = self._grad_rms(slots) if rms is None else rms
         E = self.E[slots]
         conv = (rms <= self.tolv[slots]) & np.isfinite(E)
         status = np.where(conv, CONVERGED, np.where(~np.isfinite(E), NONFINITE,
