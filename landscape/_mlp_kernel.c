@@ -33,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MLPK_ABI 4
+#define MLPK_ABI 5
 #define MAXL 32
 
 /* Vector length VL (doubles) and register-tile sizes follow the target: 32 zmm registers
@@ -860,4 +860,89 @@ void lbfgs_direction(long P, long ld, int npairs, const int *order, long n, cons
     if (nthreads > 1) nthreads = pool_threads(nthreads);
     job_t jb = {lbfgs_item, &a, n};
     run_job(&jb, nthreads);
+}
+
+/* ------------------------------------------------------------------ assignment bound */
+
+typedef float vf16 __attribute__((vector_size(64)));
+typedef float vf16u __attribute__((vector_size(64), aligned(4)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+INLINE vf16 vmin16(vf16 a, vf16 b)
+{
+    const vi16 lt = a < b; /* all ones where a < b */
+    return (vf16)((lt & (vi16)a) | (~lt & (vi16)b));
+}
+
+/* dot products of rows r0 .. r0+nr-1 (nr <= 4) of R (H, m) with every column block of xt
+ * (m, 16 nv; the query's rows transposed, zero-padded), into acc[t][v]; nv is a constant at
+ * each call site, so the accumulators stay in registers */
+INLINE void ab_tile(const float *R, long m, long r0, int nr, const float *xt, int nv, vf16 acc[4][4])
+{
+    for (int t = 0; t < 4; t++)
+        for (int v = 0; v < 4; v++) acc[t][v] = (vf16){0};
+    for (long k = 0; k < m; k++) {
+        const float *b = xt + k * 16 * nv;
+        vf16 bv[4];
+        for (int v = 0; v < nv; v++) bv[v] = *(const vf16u *)(b + 16 * v);
+        for (int t = 0; t < nr; t++) {
+            const float a = R[(r0 + t) * m + k];
+            for (int v = 0; v < nv; v++) acc[t][v] += a * bv[v];
+        }
+    }
+}
+
+/* Lower bounds for identification (landscape/identify.py): for each stored minimum ids[i],
+ * the cost matrix C[r][c] = |a_r|^2 + |b_c|^2 - 2 a_r.b_c (|a_r.b_c| when odd) between its unit
+ * rows a (rows: (N, H, m), squared norms rsq (N, H)) and those of the query b (x: (H, m),
+ * squared norms xsq (H)); out[i] = max(sum of row minima, sum of column minima), which no
+ * assignment undercuts. In float (the caller subtracts the rounding margin); register tiles
+ * of 4 rows x H columns, so H <= 64 (larger H, or no memory: out = -1, which bounds trivially). */
+void assignment_bound(long n, long H, long m, const float *rows, const double *rsq, const long *ids,
+                      const float *x, const double *xsq, int odd, double *out)
+{
+    const int nv = (int)((H + 15) / 16);
+    float *xt = nv <= 4 ? calloc((size_t)(m * 16 * nv + 16 * nv), sizeof(float)) : NULL;
+    if (!xt) {
+        for (long i = 0; i < n; i++) out[i] = -1.0;
+        return;
+    }
+    float *xs = xt + m * 16 * nv; /* (16 nv): the query's squared norms, +inf in the padding */
+    for (long k = 0; k < m; k++)
+        for (long c = 0; c < H; c++) xt[k * 16 * nv + c] = x[c * m + k];
+    for (long c = 0; c < 16 * nv; c++) xs[c] = c < H ? (float)xsq[c] : INFINITY;
+    const vi16 absmask = (vi16){0} + 0x7fffffff;
+    vf16 acc[4][4], xv[4], cm[4];
+    for (int v = 0; v < nv; v++) xv[v] = *(const vf16u *)(xs + 16 * v);
+    for (long i = 0; i < n; i++) {
+        const float *R = rows + ids[i] * H * m;
+        const double *rs = rsq + ids[i] * H;
+        for (int v = 0; v < nv; v++) cm[v] = (vf16){0} + INFINITY;
+        double rowsum = 0.0;
+        for (long r0 = 0; r0 < H; r0 += 4) {
+            const int nr = H - r0 < 4 ? (int)(H - r0) : 4;
+            switch (nv) {
+            case 1: ab_tile(R, m, r0, nr, xt, 1, acc); break;
+            case 2: ab_tile(R, m, r0, nr, xt, 2, acc); break;
+            case 3: ab_tile(R, m, r0, nr, xt, 3, acc); break;
+            default: ab_tile(R, m, r0, nr, xt, 4, acc); break;
+            }
+            for (int t = 0; t < nr; t++) {
+                const float rq = (float)rs[r0 + t];
+                vf16 rm = (vf16){0} + INFINITY;
+                for (int v = 0; v < nv; v++) {
+                    const vf16 d = odd ? (vf16)((vi16)acc[t][v] & absmask) : acc[t][v];
+                    const vf16 cost = (rq - 2.0f * d) + xv[v];
+                    rm = vmin16(rm, cost);
+                    cm[v] = vmin16(cm[v], cost);
+                }
+                float rmin = rm[0];
+                for (int c = 1; c < 16; c++) rmin = rm[c] < rmin ? rm[c] : rmin;
+                rowsum += rmin;
+            }
+        }
+        double colsum = 0.0;
+        for (long c = 0; c < H; c++) colsum += cm[c / 16][c % 16];
+        out[i] = rowsum > colsum ? rowsum : colsum;
+    }
+    free(xt);
 }

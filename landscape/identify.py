@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from . import kernel
 from .minimize import EnergyGradient
 from .models import UnitGroup
 
@@ -103,21 +104,30 @@ def _group_cost(ref: np.ndarray, x: np.ndarray, odd: bool) -> tuple[np.ndarray, 
     dot = ref @ np.swapaxes(x, -1, -2)
     base = (ref * ref).sum(-1)[..., :, None] + (x * x).sum(-1)[..., None, :]
     return np.maximum(base - 2.0 * (np.abs(dot) if odd else dot), 0.0), dot
-def _assignment_bound(ref32: np.ndarray, ref_sq: np.ndarray, x: np.ndarray, odd: bool) -> np.ndarray:
-    """Lower bounds (n,) on the optimal assignment cost between the unit rows of each ``ref32``
-    (n, H, m; float32) and ``x`` (H, m): the larger of the sums of row and of column minima of
-    the cost matrices, computed in float32 (3x faster) less a bound on float32 rounding,
-    2 (m + 4) eps32 (sum |a_i|^2 + sum |b_j|^2 + H max |.|^2). ``ref_sq`` (n, H): squared row norms."""
-    n, H, m = ref32.shape
-    cost = (ref32.reshape(-1, m) @ x.astype(np.float32).T).reshape(n, H, len(x))  # dot products, then in place:
+def _assignment_bound(rows: np.ndarray, rows_sq: np.ndarray, ids: np.ndarray, x: np.ndarray, odd: bool,
+                      compiled: bool | None = None) -> np.ndarray:
+    """Lower bounds (n,) on the optimal assignment cost between the unit rows of each stored set
+    ``rows[ids]`` (rows (N, H, m) float32, squared norms ``rows_sq`` (N, H)) and ``x`` (H, m): the
+    larger of the sums of row and of column minima of the cost matrices, computed in float32
+    (3x faster) less a bound on float32 rounding, 2 (m + 4) eps32 (sum |a_i|^2 + sum |b_j|^2 +
+    H max |.|^2), which holds for any order of summation. Compiled (:mod:`landscape.kernel`,
+    no copy of the rows) unless ``compiled`` is False or the kernel is unavailable."""
+    N, H, m = rows.shape
     x_sq = (x * x).sum(-1)
-    if odd:
-        np.abs(cost, out=cost)
-    cost *= -2.0
-    cost += ref_sq.astype(np.float32)[:, :, None]
-    cost += x_sq.astype(np.float32)
-    lb = np.maximum(_min_last(cost).sum(1, dtype=np.float64), _min_last(cost.swapaxes(1, 2)).sum(1, dtype=np.float64))
-    margin = 2 * (m + 4) * np.finfo(np.float32).eps * (ref_sq.sum(1) + x_sq.sum() + H * np.maximum(ref_sq.max(1), x_sq.max()))
+    ref_sq = rows_sq[ids]
+    if compiled is not False and H <= kernel.ASSIGNMENT_MAX_H and kernel.available():
+        lb = kernel.assignment_bound(rows, rows_sq, ids, np.ascontiguousarray(x, np.float32), x_sq, odd)
+    else:
+        cost = (rows[ids].reshape(-1, m) @ x.astype(np.float32).T).reshape(len(ids), H, len(x))  # then in place:
+        if odd:
+            np.abs(cost, out=cost)
+        cost *= -2.0
+        cost += ref_sq.astype(np.float32)[:, :, None]
+        cost += x_sq.astype(np.float32)
+        rows_min, cols_min = _min_last(cost), _min_last(cost.swapaxes(1, 2))
+        lb = np.maximum(rows_min.sum(1, dtype=np.float64), cols_min.sum(1, dtype=np.float64))
+    scale = ref_sq.sum(1) + x_sq.sum() + H * np.maximum(ref_sq.max(1), x_sq.max())
+    margin = 2 * (m + 4) * np.finfo(np.float32).eps * scale
     return np.maximum(lb - margin, 0.0)
 
 
@@ -307,7 +317,7 @@ class MinimaIndex:
         diff = self._sig[ids] - np.concatenate(self._signature(p.x))
         per_group = np.stack([np.sqrt((diff[:, a:b] ** 2).sum(1)) for a, b in zip(self._bounds[:-1], self._bounds[1:])])
         g0 = self.groups[0]
-        assign = _assignment_bound(self._rows[ids], self._rows_sq[ids], _unit_rows(p.x, g0, len(self.groups) == 1), g0.odd)
+        assign = _assignment_bound(self._rows, self._rows_sq, ids, _unit_rows(p.x, g0, len(self.groups) == 1), g0.odd)
         return np.maximum(per_group.max(0), np.sqrt(assign))
 
     def match(self, p: Point, ambiguity: bool = True, track: int | None = None) -> Match:

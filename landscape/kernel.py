@@ -1,6 +1,7 @@
 """Compiled energy + gradient of batched MLP losses (float64), from ``_mlp_kernel.c``; the same
 library holds the L-BFGS two-loop recursion (:func:`lbfgs_direction`) that :mod:`landscape.minimize`
-uses for any energy.
+uses for any energy, and the assignment bound (:func:`assignment_bound`) with which
+:mod:`landscape.identify` prunes candidates.
 
 E(w) = mean over the N samples of the softmax cross-entropy of the logits against the labels
 y, plus ``lam * ||w||^2`` (all parameters, biases included), and its gradient, for K parameter
@@ -49,13 +50,13 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["ACTIVATIONS", "CFLAGS", "MLPKernel", "available", "unavailable_reason", "library_path", "lbfgs_direction",
-           "LBFGS_MAX_PAIRS"]
+           "assignment_bound", "LBFGS_MAX_PAIRS", "ASSIGNMENT_MAX_H"]
 
 ACTIVATIONS = ("tanh", "sigmoid", "relu")
 _MARCH = os.environ.get("LANDSCAPE_KERNEL_MARCH", "native")
 CFLAGS = ("-O3", f"-march={_MARCH}", "-funroll-loops", "-ffp-contract=fast", "-fno-math-errno",
           "-std=gnu11", "-fPIC", "-shared", "-pthread")
-_ABI = 4
+_ABI = 5
 _SRC = Path(__file__).with_name("_mlp_kernel.c")
 
 _lock = threading.Lock()
@@ -165,6 +166,8 @@ def _load() -> ctypes.CDLL | None:
             lib.mlpk_eval.restype = i
             lib.lbfgs_direction.argtypes = [L, L, i, vp, L, vp, vp, vp, vp, vp, vp, vp, i]
             lib.lbfgs_direction.restype = None
+            lib.assignment_bound.argtypes = [L, L, L, vp, vp, vp, vp, vp, i, vp]
+            lib.assignment_bound.restype = None
             _state["lib"], _state["path"] = lib, path
         except Exception as exc:  # noqa: BLE001 - available() must never raise
             _state["reason"] = f"{type(exc).__name__}: {exc}"
@@ -191,6 +194,7 @@ def library_path() -> Path | None:
 # --------------------------------------------------------------------------- arrays
 
 _F64 = np.dtype(np.float64)
+_F32 = np.dtype(np.float32)
 
 
 def _is_torch(x: Any) -> bool:
@@ -239,6 +243,7 @@ def _pointer(x: Any, name: str, shape: tuple[int, ...], writeable: bool, cache: 
 # --------------------------------------------------------------------------- L-BFGS two-loop
 
 LBFGS_MAX_PAIRS = 64
+ASSIGNMENT_MAX_H = 64  # register tiles of 4 rows x 64 columns
 
 
 def lbfgs_direction(S: np.ndarray, Y: np.ndarray, rho: np.ndarray, gamma: np.ndarray, g: np.ndarray,
@@ -268,6 +273,30 @@ def lbfgs_direction(S: np.ndarray, Y: np.ndarray, rho: np.ndarray, gamma: np.nda
                             Y.ctypes.data, rho.ctypes.data, gamma.ctypes.data, g.ctypes.data, d.ctypes.data,
                             max(1, int(threads)))
     return d
+
+
+def assignment_bound(rows: np.ndarray, rows_sq: np.ndarray, ids: np.ndarray, x: np.ndarray, x_sq: np.ndarray,
+                     odd: bool) -> np.ndarray:
+    """Per stored set ``ids`` (n,) of unit rows ``rows[ids]`` ((N, H, m) float32; squared norms
+    ``rows_sq`` (N, H) float64) and the query's rows ``x`` ((H, m) float32; ``x_sq`` (H,) float64):
+    the larger of the sums of row and of column minima of the cost matrix |a|^2 + |b|^2 - 2 a.b
+    (|a.b| when ``odd``), computed in float32 without the rounding margin (see
+    :func:`landscape.identify._assignment_bound`). Returns (n,) float64. At most
+    ASSIGNMENT_MAX_H units; call only when :func:`available`."""
+    N, H, m = rows.shape
+    if H > ASSIGNMENT_MAX_H:
+        raise ValueError(f"at most {ASSIGNMENT_MAX_H} units, got {H}")
+    for name, a, shape, dtype in (("rows", rows, (N, H, m), _F32), ("rows_sq", rows_sq, (N, H), _F64),
+                                  ("x", x, (H, m), _F32), ("x_sq", x_sq, (H,), _F64)):
+        if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous {dtype} of shape {shape}")
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if len(ids) and (ids.min() < 0 or ids.max() >= N):
+        raise ValueError(f"ids must lie in [0, {N})")
+    out = np.empty(len(ids))
+    _load().assignment_bound(len(ids), H, m, rows.ctypes.data, rows_sq.ctypes.data, ids.ctypes.data, x.ctypes.data,
+                             x_sq.ctypes.data, int(odd), out.ctypes.data)
+    return out
 
 
 # --------------------------------------------------------------------------- kernel

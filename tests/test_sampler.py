@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import landscape
-from landscape import identify
+from landscape import identify, kernel
 from landscape.database import Database
 
 SETTINGS = landscape.Settings(walkers=8, temperature=0.01, step=1.0)
@@ -161,18 +161,22 @@ def test_halving_minimum_equals_numpy():
 
 def test_assignment_bound_never_exceeds_the_optimal_assignment():
     """The float32 bound less its rounding margin stays below the exact (float64) assignment cost,
-    also for near-identical rows, where float32 rounding matters most."""
+    also for near-identical rows, where float32 rounding matters most; compiled and NumPy alike,
+    and both close to the exact row-minimum sum."""
     from scipy.optimize import linear_sum_assignment
     rng = np.random.default_rng(3)
-    for odd in (True, False):
+    for odd, shape in ((True, (12, 9)), (False, (12, 9)), (True, (70, 4))):  # 70 units: beyond the compiled tiles
         for scale in (1e-3, 1.0, 30.0):
-            x = scale * rng.normal(size=(12, 9))
+            x = scale * rng.normal(size=shape)
             refs = np.stack([x + scale * s * rng.normal(size=x.shape) for s in (0.0, 1e-7, 1e-3, 1.0)] * 3)
-            bound = identify._assignment_bound(refs.astype(np.float32), (refs ** 2).sum(-1), x, odd)
-            for ref, b in zip(refs, bound):
-                cost, _ = identify._group_cost(ref, x, odd)
-                r, c = linear_sum_assignment(cost)
-                assert b <= cost[r, c].sum() * (1 + 1e-12) + 1e-300
+            ids = rng.permutation(len(refs))[:9]
+            for compiled in (False, True) if kernel.available() else (False,):
+                bound = identify._assignment_bound(refs.astype(np.float32), (refs ** 2).sum(-1), ids, x, odd, compiled)
+                for ref, b in zip(refs[ids], bound):
+                    cost, _ = identify._group_cost(ref, x, odd)
+                    r, c = linear_sum_assignment(cost)
+                    assert b <= cost[r, c].sum() * (1 + 1e-12) + 1e-300
+                    assert b >= cost.min(1).sum() - 1e-3 * (ref ** 2).sum() - 1e-3 * (x ** 2).sum()  # not vacuous
 
 
 def test_tracked_queries_give_the_same_verdicts(sampled, problem):
