@@ -27,7 +27,7 @@ it is not. With g_q known the trapezoid rule, exact for quadratics, checks the e
 for free: |E - E_q - (g + g_q).delta / 2| is within a cubic term that the Newton test bounds.
 Measured: Iris quench endpoints of one minimum pass with residuals of 0.3-2.5% of |g|; digits
 endpoints fail (residuals 1-140x |g|) and are refined before they are compared again; on digits
-the trapezoid check settles ~75% of the candidates without an evaluation.
+the trapezoid check settles ~86% of the candidates without an evaluation.
 
 Candidates. Stored minima are sorted by energy, and a lookup considers only those inside its
 energy window. Where the window holds many (digits at RMS 1e-6: e_tol spans every minimum),
@@ -383,7 +383,9 @@ class MinimaIndex:
         - q's gradient known: |H delta - (g_p - g_q)| <= NEWTON_KAPPA |g_p - g_q| (the cubic
           term is within NEWTON_KAPPA of the quadratic one). Then, to third order, the energy
           satisfies |E_p - E_q - (g_p + g_q).delta / 2| <= NEWTON_KAPPA |delta| |g_p - g_q| / 6
-          (trapezoid rule); this is checked first, with a margin of 3, and costs nothing.
+          (trapezoid rule); this is checked first, with a margin of 1.5, and costs nothing
+          (measured: Iris copies that pass the Newton test use under 12% of the third-order bound
+          in 99 cases of 100).
         - q's gradient unknown: |H delta - g_p| <= NEWTON_KAPPA |g_p| + (1 + NEWTON_KAPPA) |g_q|.
         A rounding floor is added to each. All True without ``energy_gradient`` or a gradient for p."""
         ok = np.ones(len(qs), bool)
@@ -399,7 +401,7 @@ class MinimaIndex:
         if known.any():  # the trapezoid rule: (g_p + g_q).delta = (2 g_p - change).delta
             E_q = np.array([q.energy for q in qs])
             trapezoid = p.energy - E_q - 0.5 * np.einsum("ap,ap->a", 2.0 * gp - change, deltas)
-            allowed = NEWTON_KAPPA * norms * change_norm / 2 + ENERGY_FLOOR * max(1.0, abs(p.energy))
+            allowed = NEWTON_KAPPA * norms * change_norm / 4 + ENERGY_FLOOR * max(1.0, abs(p.energy))
             ok = ~(known & moving) | (np.abs(trapezoid) <= allowed)
         test = np.flatnonzero(ok & moving)
         if len(test) == 0:
