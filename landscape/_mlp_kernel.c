@@ -891,58 +891,82 @@ INLINE void ab_tile(const float *R, long m, long r0, int nr, const float *xt, in
     }
 }
 
+typedef struct {
+    long H, m;
+    int nv, odd;
+    const float *rows, *xt;
+    const double *rsq;
+    const long *ids;
+    const vf16 *xv;
+    double *out;
+} bound_args_t;
+
+/* the bound for candidate i of an assignment_bound call */
+static void bound_item(const job_t *jb, long i, int tid)
+{
+    (void)tid;
+    const bound_args_t *a = jb->args;
+    const long H = a->H, m = a->m;
+    const int nv = a->nv;
+    const float *R = a->rows + a->ids[i] * H * m;
+    const double *rs = a->rsq + a->ids[i] * H;
+    const vi16 absmask = (vi16){0} + 0x7fffffff;
+    vf16 acc[4][4], cm[4];
+    for (int v = 0; v < nv; v++) cm[v] = (vf16){0} + INFINITY;
+    double rowsum = 0.0;
+    for (long r0 = 0; r0 < H; r0 += 4) {
+        const int nr = H - r0 < 4 ? (int)(H - r0) : 4;
+        switch (nv) {
+        case 1: ab_tile(R, m, r0, nr, a->xt, 1, acc); break;
+        case 2: ab_tile(R, m, r0, nr, a->xt, 2, acc); break;
+        case 3: ab_tile(R, m, r0, nr, a->xt, 3, acc); break;
+        default: ab_tile(R, m, r0, nr, a->xt, 4, acc); break;
+        }
+        for (int t = 0; t < nr; t++) {
+            const float rq = (float)rs[r0 + t];
+            vf16 rm = (vf16){0} + INFINITY;
+            for (int v = 0; v < nv; v++) {
+                const vf16 d = a->odd ? (vf16)((vi16)acc[t][v] & absmask) : acc[t][v];
+                const vf16 cost = (rq - 2.0f * d) + a->xv[v];
+                rm = vmin16(rm, cost);
+                cm[v] = vmin16(cm[v], cost);
+            }
+            float rmin = rm[0];
+            for (int c = 1; c < 16; c++) rmin = rm[c] < rmin ? rm[c] : rmin;
+            rowsum += rmin;
+        }
+    }
+    double colsum = 0.0;
+    for (long c = 0; c < H; c++) colsum += cm[c / 16][c % 16];
+    a->out[i] = rowsum > colsum ? rowsum : colsum;
+}
+
 /* Lower bounds for identification (landscape/identify.py): for each stored minimum ids[i],
  * the cost matrix C[r][c] = |a_r|^2 + |b_c|^2 - 2 a_r.b_c (|a_r.b_c| when odd) between its unit
  * rows a (rows: (N, H, m), squared norms rsq (N, H)) and those of the query b (x: (H, m),
  * squared norms xsq (H)); out[i] = max(sum of row minima, sum of column minima), which no
  * assignment undercuts. In float (the caller subtracts the rounding margin); register tiles
- * of 4 rows x H columns, so H <= 64 (larger H, or no memory: out = -1, which bounds trivially). */
+ * of 4 rows x H columns, so H <= 64 (larger H, or no memory: out = -1, which bounds trivially).
+ * One candidate per item on up to nthreads threads (the result does not depend on it). */
 void assignment_bound(long n, long H, long m, const float *rows, const double *rsq, const long *ids,
-                      const float *x, const double *xsq, int odd, double *out)
+                      const float *x, const double *xsq, int odd, double *out, int nthreads)
 {
     const int nv = (int)((H + 15) / 16);
-    float *xt = nv <= 4 ? calloc((size_t)(m * 16 * nv + 16 * nv), sizeof(float)) : NULL;
+    float *xt = nv <= 4 ? calloc((size_t)(m * 16 * nv), sizeof(float)) : NULL;
     if (!xt) {
         for (long i = 0; i < n; i++) out[i] = -1.0;
         return;
     }
-    float *xs = xt + m * 16 * nv; /* (16 nv): the query's squared norms, +inf in the padding */
     for (long k = 0; k < m; k++)
         for (long c = 0; c < H; c++) xt[k * 16 * nv + c] = x[c * m + k];
-    for (long c = 0; c < 16 * nv; c++) xs[c] = c < H ? (float)xsq[c] : INFINITY;
-    const vi16 absmask = (vi16){0} + 0x7fffffff;
-    vf16 acc[4][4], xv[4], cm[4];
-    for (int v = 0; v < nv; v++) xv[v] = *(const vf16u *)(xs + 16 * v);
-    for (long i = 0; i < n; i++) {
-        const float *R = rows + ids[i] * H * m;
-        const double *rs = rsq + ids[i] * H;
-        for (int v = 0; v < nv; v++) cm[v] = (vf16){0} + INFINITY;
-        double rowsum = 0.0;
-        for (long r0 = 0; r0 < H; r0 += 4) {
-            const int nr = H - r0 < 4 ? (int)(H - r0) : 4;
-            switch (nv) {
-            case 1: ab_tile(R, m, r0, nr, xt, 1, acc); break;
-            case 2: ab_tile(R, m, r0, nr, xt, 2, acc); break;
-            case 3: ab_tile(R, m, r0, nr, xt, 3, acc); break;
-            default: ab_tile(R, m, r0, nr, xt, 4, acc); break;
-            }
-            for (int t = 0; t < nr; t++) {
-                const float rq = (float)rs[r0 + t];
-                vf16 rm = (vf16){0} + INFINITY;
-                for (int v = 0; v < nv; v++) {
-                    const vf16 d = odd ? (vf16)((vi16)acc[t][v] & absmask) : acc[t][v];
-                    const vf16 cost = (rq - 2.0f * d) + xv[v];
-                    rm = vmin16(rm, cost);
-                    cm[v] = vmin16(cm[v], cost);
-                }
-                float rmin = rm[0];
-                for (int c = 1; c < 16; c++) rmin = rm[c] < rmin ? rm[c] : rmin;
-                rowsum += rmin;
-            }
-        }
-        double colsum = 0.0;
-        for (long c = 0; c < H; c++) colsum += cm[c / 16][c % 16];
-        out[i] = rowsum > colsum ? rowsum : colsum;
-    }
+    vf16 xv[4]; /* the query's squared norms, +inf in the padding */
+    for (long c = 0; c < 16 * nv; c++) xv[c / 16][c % 16] = c < H ? (float)xsq[c] : INFINITY;
+    bound_args_t a = {H, m, nv, odd, rows, xt, rsq, ids, xv, out};
+    /* about H^2 m multiply-adds an item; a worker is worth waking for ~4e5 of them */
+    double want = (double)n * H * H * m / 4.0e5;
+    if (nthreads > want) nthreads = want < 1.0 ? 1 : (int)want;
+    if (nthreads > 1) nthreads = pool_threads(nthreads);
+    job_t jb = {bound_item, &a, n};
+    run_job(&jb, nthreads);
     free(xt);
 }

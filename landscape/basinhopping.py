@@ -179,7 +179,7 @@ class _Sampler:
             for k, r in enumerate(self.walkers.rngs):
                 self.walkers.x[k] = r.normal(0.0, s.init_scale, P)
         self.index = MinimaIndex.of(db.minima(), self.groups, fallback_curvature=2.0 * problem.lam,
-                                    energy_gradient=self.energy.energy_gradient)
+                                    energy_gradient=self.energy.energy_gradient, threads=threads)
         self.counters = dict.fromkeys(("steps", "quenches", "converged", "accepted", "new_minima", "saddles",
                                        "refinements", "nfev"), 0)
         shapes = {name: (a.shape, a.dtype, _WALKER_FIELDS[name]) for name, a in self.walkers.arrays().items()}

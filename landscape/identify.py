@@ -105,18 +105,19 @@ def _group_cost(ref: np.ndarray, x: np.ndarray, odd: bool) -> tuple[np.ndarray, 
     base = (ref * ref).sum(-1)[..., :, None] + (x * x).sum(-1)[..., None, :]
     return np.maximum(base - 2.0 * (np.abs(dot) if odd else dot), 0.0), dot
 def _assignment_bound(rows: np.ndarray, rows_sq: np.ndarray, ids: np.ndarray, x: np.ndarray, odd: bool,
-                      compiled: bool | None = None) -> np.ndarray:
+                      compiled: bool | None = None, threads: int = 1) -> np.ndarray:
     """Lower bounds (n,) on the optimal assignment cost between the unit rows of each stored set
     ``rows[ids]`` (rows (N, H, m) float32, squared norms ``rows_sq`` (N, H)) and ``x`` (H, m): the
     larger of the sums of row and of column minima of the cost matrices, computed in float32
     (3x faster) less a bound on float32 rounding, 2 (m + 4) eps32 (sum |a_i|^2 + sum |b_j|^2 +
     H max |.|^2), which holds for any order of summation. Compiled (:mod:`landscape.kernel`,
-    no copy of the rows) unless ``compiled`` is False or the kernel is unavailable."""
+    no copy of the rows, on up to ``threads`` threads) unless ``compiled`` is False or the
+    kernel is unavailable."""
     N, H, m = rows.shape
     x_sq = (x * x).sum(-1)
     ref_sq = rows_sq[ids]
     if compiled is not False and H <= kernel.ASSIGNMENT_MAX_H and kernel.available():
-        lb = kernel.assignment_bound(rows, rows_sq, ids, np.ascontiguousarray(x, np.float32), x_sq, odd)
+        lb = kernel.assignment_bound(rows, rows_sq, ids, np.ascontiguousarray(x, np.float32), x_sq, odd, threads)
     else:
         cost = (rows[ids].reshape(-1, m) @ x.astype(np.float32).T).reshape(len(ids), H, len(x))  # then in place:
         if odd:
@@ -240,10 +241,13 @@ class MinimaIndex:
     one batched call of ``energy_gradient`` (X (n, P) -> energies (n,), gradients (n, P)) for
     the Newton test.
 
-    Ids are the caller's labels of the minima: non-negative integers (database rows)."""
+    Ids are the caller's labels of the minima: non-negative integers (database rows). ``threads``:
+    for the compiled bounds (verdicts do not depend on it)."""
 
-    def __init__(self, groups: list[UnitGroup], fallback_curvature: float, energy_gradient: EnergyGradient | None = None):
+    def __init__(self, groups: list[UnitGroup], fallback_curvature: float, energy_gradient: EnergyGradient | None = None,
+                 threads: int = 1):
         self.groups, self.fallback, self.energy_gradient = groups, fallback_curvature, energy_gradient
+        self.threads = threads
         self._energies: list[float] = []
         self._ids: list[int] = []
         self.points: dict[int, Point] = {}
@@ -296,9 +300,9 @@ class MinimaIndex:
 
     @classmethod
     def of(cls, m, groups: list[UnitGroup], fallback_curvature: float,
-           energy_gradient: EnergyGradient | None = None) -> "MinimaIndex":
+           energy_gradient: EnergyGradient | None = None, threads: int = 1) -> "MinimaIndex":
         """An index of stored minima ``m`` (see :func:`stored_point`), ids = rows."""
-        index = cls(groups, fallback_curvature, energy_gradient)
+        index = cls(groups, fallback_curvature, energy_gradient, threads)
         for i in range(len(m.energy)):
             index.add(i, stored_point(m, i))
         return index
@@ -317,7 +321,8 @@ class MinimaIndex:
         diff = self._sig[ids] - np.concatenate(self._signature(p.x))
         per_group = np.stack([np.sqrt((diff[:, a:b] ** 2).sum(1)) for a, b in zip(self._bounds[:-1], self._bounds[1:])])
         g0 = self.groups[0]
-        assign = _assignment_bound(self._rows, self._rows_sq, ids, _unit_rows(p.x, g0, len(self.groups) == 1), g0.odd)
+        rows = _unit_rows(p.x, g0, len(self.groups) == 1)
+        assign = _assignment_bound(self._rows, self._rows_sq, ids, rows, g0.odd, threads=self.threads)
         return np.maximum(per_group.max(0), np.sqrt(assign))
 
     def match(self, p: Point, ambiguity: bool = True, track: int | None = None) -> Match:

@@ -166,7 +166,7 @@ def _load() -> ctypes.CDLL | None:
             lib.mlpk_eval.restype = i
             lib.lbfgs_direction.argtypes = [L, L, i, vp, L, vp, vp, vp, vp, vp, vp, vp, i]
             lib.lbfgs_direction.restype = None
-            lib.assignment_bound.argtypes = [L, L, L, vp, vp, vp, vp, vp, i, vp]
+            lib.assignment_bound.argtypes = [L, L, L, vp, vp, vp, vp, vp, i, vp, i]
             lib.assignment_bound.restype = None
             _state["lib"], _state["path"] = lib, path
         except Exception as exc:  # noqa: BLE001 - available() must never raise
@@ -276,13 +276,14 @@ def lbfgs_direction(S: np.ndarray, Y: np.ndarray, rho: np.ndarray, gamma: np.nda
 
 
 def assignment_bound(rows: np.ndarray, rows_sq: np.ndarray, ids: np.ndarray, x: np.ndarray, x_sq: np.ndarray,
-                     odd: bool) -> np.ndarray:
+                     odd: bool, threads: int = 1) -> np.ndarray:
     """Per stored set ``ids`` (n,) of unit rows ``rows[ids]`` ((N, H, m) float32; squared norms
     ``rows_sq`` (N, H) float64) and the query's rows ``x`` ((H, m) float32; ``x_sq`` (H,) float64):
     the larger of the sums of row and of column minima of the cost matrix |a|^2 + |b|^2 - 2 a.b
     (|a.b| when ``odd``), computed in float32 without the rounding margin (see
     :func:`landscape.identify._assignment_bound`). Returns (n,) float64. At most
-    ASSIGNMENT_MAX_H units; call only when :func:`available`."""
+    ASSIGNMENT_MAX_H units; on up to ``threads`` threads of the kernel's pool (the result does not
+    depend on it). Call only when :func:`available`."""
     N, H, m = rows.shape
     if H > ASSIGNMENT_MAX_H:
         raise ValueError(f"at most {ASSIGNMENT_MAX_H} units, got {H}")
@@ -295,7 +296,7 @@ def assignment_bound(rows: np.ndarray, rows_sq: np.ndarray, ids: np.ndarray, x: 
         raise ValueError(f"ids must lie in [0, {N})")
     out = np.empty(len(ids))
     _load().assignment_bound(len(ids), H, m, rows.ctypes.data, rows_sq.ctypes.data, ids.ctypes.data, x.ctypes.data,
-                             x_sq.ctypes.data, int(odd), out.ctypes.data)
+                             x_sq.ctypes.data, int(odd), out.ctypes.data, max(1, int(threads)))
     return out
 
 

@@ -177,6 +177,9 @@ def test_assignment_bound_never_exceeds_the_optimal_assignment():
                     r, c = linear_sum_assignment(cost)
                     assert b <= cost[r, c].sum() * (1 + 1e-12) + 1e-300
                     assert b >= cost.min(1).sum() - 1e-3 * (ref ** 2).sum() - 1e-3 * (x ** 2).sum()  # not vacuous
+    refs = rng.normal(size=(300, 32, 20)).astype(np.float32)  # enough work for two threads
+    args = refs, (refs.astype(np.float64) ** 2).sum(-1), rng.permutation(300), rng.normal(size=(32, 20)), True
+    np.testing.assert_array_equal(identify._assignment_bound(*args, threads=2), identify._assignment_bound(*args))
 
 
 def test_tracked_queries_give_the_same_verdicts(sampled, problem):
