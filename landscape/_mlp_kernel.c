@@ -33,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MLPK_ABI 5
+#define MLPK_ABI 6
 #define MAXL 32
 
 /* Vector length VL (doubles) and register-tile sizes follow the target: 32 zmm registers
@@ -787,23 +787,30 @@ int mlpk_eval(void *h, long K, const double *w, double *E, double *G, int nthrea
 
 /* ------------------------------------------------------------------ L-BFGS two-loop */
 
-INLINE double dot(const double *a, const double *b, long P)
+typedef float vfu __attribute__((vector_size(4 * VL), aligned(4)));
+INLINE vd vloadf(const float *p) { return __builtin_convertvector(*(const vfu *)p, vd); }
+
+INLINE double dot(const float *a, const double *b, long P)
 {
-    /* unaligned rows: vector loads with two accumulators, a scalar tail, a fixed order */
+    /* a float row against a double vector, in double: two vector accumulators, a scalar
+     * tail, a fixed order */
     vd s0 = vset1(0.0), s1 = vset1(0.0);
     long p = 0;
     for (; p + 2 * VL <= P; p += 2 * VL) {
-        s0 += vloadu(a + p) * vloadu(b + p);
-        s1 += vloadu(a + p + VL) * vloadu(b + p + VL);
+        s0 += vloadf(a + p) * vloadu(b + p);
+        s1 += vloadf(a + p + VL) * vloadu(b + p + VL);
     }
     double t = hsum(s0 + s1);
-    for (; p < P; p++) t += a[p] * b[p];
+    for (; p < P; p++) t += (double)a[p] * b[p];
     return t;
 }
 
-INLINE void axpy(double *y, double a, const double *x, long P)
+INLINE void axpy(double *y, double a, const float *x, long P)
 {
-    for (long p = 0; p < P; p++) y[p] += a * x[p];
+    const vd va = vset1(a);
+    long p = 0;
+    for (; p + VL <= P; p += VL) *(vdu *)(y + p) = vloadu(y + p) + va * vloadf(x + p);
+    for (; p < P; p++) y[p] += a * (double)x[p];
 }
 
 typedef struct {
@@ -811,7 +818,8 @@ typedef struct {
     int npairs;
     const int *order;
     const long *rows;
-    const double *S, *Y, *rho, *gamma, *g;
+    const float *S, *Y;
+    const double *rho, *gamma, *g;
     double *d;
 } lbfgs_args_t;
 
@@ -821,7 +829,8 @@ static void lbfgs_item(const job_t *jb, long i, int tid)
     (void)tid;
     const lbfgs_args_t *a = jb->args;
     const long P = a->P, ld = a->ld, k = a->rows[i];
-    const double *S = a->S, *Y = a->Y, *rho = a->rho;
+    const float *S = a->S, *Y = a->Y;
+    const double *rho = a->rho;
     double alpha[64];
     double *q = a->d + i * P;
     memcpy(q, a->g + k * P, (size_t)P * sizeof(double));
@@ -844,12 +853,12 @@ static void lbfgs_item(const job_t *jb, long i, int tid)
 }
 
 /* d = -H g by the L-BFGS two-loop recursion for n problems, one problem per item on up to
- * nthreads threads (the result does not depend on it). S and Y are rings of shape (M, ld, P):
+ * nthreads threads (the result does not depend on it). S and Y are float rings of shape (M, ld, P):
  * pair j of problem k starts at (j * ld + k) * P; rho (M, ld) is 1 / s.y, 0 where a pair is
  * unusable (skipped); gamma (ld) scales the initial inverse Hessian. order (npairs <= 64): the
  * ring indices to use, newest first; rows (n): the problems; g (ld, P); d (n, P). */
 void lbfgs_direction(long P, long ld, int npairs, const int *order, long n, const long *rows,
-                     const double *S, const double *Y, const double *rho, const double *gamma,
+                     const float *S, const float *Y, const double *rho, const double *gamma,
                      const double *g, double *d, int nthreads)
 {
     if (npairs > 64) npairs = 64;

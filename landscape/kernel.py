@@ -56,7 +56,7 @@ ACTIVATIONS = ("tanh", "sigmoid", "relu")
 _MARCH = os.environ.get("LANDSCAPE_KERNEL_MARCH", "native")
 CFLAGS = ("-O3", f"-march={_MARCH}", "-funroll-loops", "-ffp-contract=fast", "-fno-math-errno",
           "-std=gnu11", "-fPIC", "-shared", "-pthread")
-_ABI = 5
+_ABI = 6
 _SRC = Path(__file__).with_name("_mlp_kernel.c")
 
 _lock = threading.Lock()
@@ -251,17 +251,17 @@ def lbfgs_direction(S: np.ndarray, Y: np.ndarray, rho: np.ndarray, gamma: np.nda
     """-H g by the L-BFGS two-loop recursion for problems ``rows`` (n,), compiled, on up to
     ``threads`` threads of the kernel's pool (one problem per task; the result does not depend on it).
 
-    S, Y: (M, ld, P) rings of steps and gradient changes; rho (M, ld): 1 / s.y, 0 for an unusable
-    pair (skipped); gamma (ld): initial inverse-Hessian scale; g (ld, P); order: the ring
-    indices to use, newest first (at most LBFGS_MAX_PAIRS). All float64 and C-contiguous.
+    S, Y: (M, ld, P) float32 rings of steps and gradient changes; rho (M, ld): 1 / s.y, 0 for an
+    unusable pair (skipped); gamma (ld): initial inverse-Hessian scale; g (ld, P); order: the ring
+    indices to use, newest first (at most LBFGS_MAX_PAIRS). The rest float64; all C-contiguous.
     Returns d (n, P). Call only when :func:`available`."""
     M, ld, P = S.shape
     if len(order) > LBFGS_MAX_PAIRS:
         raise ValueError(f"at most {LBFGS_MAX_PAIRS} pairs, got {len(order)}")
-    for name, a, shape in (("S", S, (M, ld, P)), ("Y", Y, (M, ld, P)), ("rho", rho, (M, ld)),
-                           ("gamma", gamma, (ld,)), ("g", g, (ld, P))):
-        if a.dtype != _F64 or a.shape != shape or not a.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous float64 of shape {shape}")
+    for name, a, shape, dtype in (("S", S, (M, ld, P), _F32), ("Y", Y, (M, ld, P), _F32),
+                                  ("rho", rho, (M, ld), _F64), ("gamma", gamma, (ld,), _F64), ("g", g, (ld, P), _F64)):
+        if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous {dtype} of shape {shape}")
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     if len(rows) and (rows.min() < 0 or rows.max() >= ld):
         raise ValueError(f"rows must lie in [0, {ld})")

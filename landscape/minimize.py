@@ -9,6 +9,12 @@ is reset and the problem restarts from steepest descent). Problems that converge
 ``maxiter`` or hit a non-finite energy leave the batch at once; :class:`LBFGS` takes new work
 into free slots, so one slow problem never holds K-1 idle.
 
+The (s, y) pairs are kept in float32: the two-loop recursion reads them all twice per
+iteration and waits on memory, so half the bytes make it faster (digits K=32: 1.5 -> 1.2 ms an
+iteration, the whole sampler ~5%). Rounding changes only the preconditioner: s.y and y.y are
+taken from the rounded pairs, so the recursion is exact BFGS on them and its inverse Hessian
+stays positive definite; points, gradients, energies and the convergence test stay float64.
+
 ``fun(x)`` must map a batch ``x`` (k, P) to energies (k,) and gradients (k, P); an
 :class:`landscape.energy.Energy` does.
 """
@@ -77,7 +83,8 @@ class LBFGS:
     def _alloc(self, cap: int) -> None:
         P, M = self.P, self.M
         self.x, self.g, self.E = np.zeros((cap, P)), np.zeros((cap, P)), np.zeros(cap)
-        self.S, self.Y, self.rho = np.zeros((M, cap, P)), np.zeros((M, cap, P)), np.zeros((M, cap))
+        self.S, self.Y = np.zeros((M, cap, P), np.float32), np.zeros((M, cap, P), np.float32)
+        self.rho = np.zeros((M, cap))
         self.gamma = np.zeros(cap)
         self.nit, self.nfev = np.zeros(cap, np.int64), np.zeros(cap, np.int64)
         self.fails, self.tag = np.zeros(cap, np.int64), np.zeros(cap, np.int64)
@@ -201,9 +208,11 @@ class LBFGS:
             self.S[h, sel], self.Y[h, sel] = xn - x, Gn - g
             s, yv = self.S[h, sel], self.Y[h, sel]
         else:
-            s, yv = np.subtract(xn, x, out=self.S[h]), np.subtract(Gn, g, out=self.Y[h])
-        sy, yy = np.einsum("ap,ap->a", s, yv), np.einsum("ap,ap->a", yv, yv)
-        good = ok & (sy > 1e-300) & (yy > 0)
+            s = np.subtract(xn, x, out=self.S[h], casting="same_kind")
+            yv = np.subtract(Gn, g, out=self.Y[h], casting="same_kind")
+        sy = np.einsum("ap,ap->a", s, yv, dtype=np.float64)  # of the rounded pair: BFGS on it stays positive definite
+        yy = np.einsum("ap,ap->a", yv, yv, dtype=np.float64)
+        good = ok & (sy > 1e-300) & (yy > 0) & np.isfinite(yy)  # an overflowed y is unusable
         self.rho[h, sel] = np.where(good, 1.0 / np.where(good, sy, 1.0), 0.0)
         self.gamma[idx] = np.where(good, sy / np.where(good, yy, 1.0), self.gamma[idx])
         if ok.all():
