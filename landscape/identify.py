@@ -73,12 +73,12 @@ def _relabel(moves: Moves, group: UnitGroup, perm: np.ndarray, signs: np.ndarray
     the image becomes unit ``perm[i, j]`` of the previous image times ``signs[i, j]`` (both (n, H))."""
     index, sign = moves
     n, P = index.shape
+    block = np.concatenate([group.incoming, group.outgoing], axis=1)  # (H, a + b): a unit's entries
     base = P * np.arange(n)[:, None, None]
     flat_index, flat_sign = index.reshape(-1), sign.reshape(-1)  # views: rows * P + column
-    for block in (group.incoming, group.outgoing):
-        dst, src = (base + block).ravel(), (base + block[perm]).ravel()  # (n, H, m) positions, flattened
-        flat_index[dst] = flat_index.take(src)
-        flat_sign[dst] = flat_sign.take(src) * np.repeat(signs, block.shape[1], axis=1).ravel()
+    dst, src = (base + block).ravel(), (base + block[perm]).ravel()  # (n, H, a + b) positions, flattened
+    flat_index[dst] = flat_index.take(src)
+    flat_sign[dst] = flat_sign.take(src) * np.repeat(signs, block.shape[1], axis=1).ravel()
 
 
 def apply(v: np.ndarray, moves: Moves) -> np.ndarray:
@@ -154,13 +154,18 @@ def alignments(refs: np.ndarray, x: np.ndarray, groups: list[UnitGroup]) -> Move
     """For each row of ``refs`` (n, P), the symmetry operation (n, P) mapping ``x`` (P,) onto its
     image closest to that row, layer by layer (cost matrices for all rows at once, one
     assignment problem per row and layer)."""
-    moves = _identity(*refs.shape)
+    n = len(refs)
+    moves = _identity(n, x.size)
     for k, g in enumerate(groups):
         last = k == len(groups) - 1
-        cost, dot = _group_cost(_unit_rows(refs, g, last), _unit_rows(apply(x, moves), g, last), g.odd)
-        perm = np.array([linear_sum_assignment(c)[1] for c in cost], int).reshape(cost.shape[:2])  # rows: 0..H-1
-        flip = np.take_along_axis(dot, perm[:, :, None], 2)[..., 0] < 0
-        _relabel(moves, g, perm, np.where(flip & g.odd, -1.0, 1.0))
+        current = x if k == 0 else apply(x, moves)  # the first group sees x itself, for every row
+        cost, dot = _group_cost(_unit_rows(refs, g, last), _unit_rows(current, g, last), g.odd)
+        H = cost.shape[-1]
+        perm = np.array([linear_sum_assignment(c)[1] for c in cost], int).reshape(n, H)  # rows: 0..H-1
+        signs = np.ones((n, H))
+        if g.odd:
+            signs[dot.reshape(n * H, H)[np.arange(n * H), perm.ravel()].reshape(n, H) < 0] = -1.0
+        _relabel(moves, g, perm, signs)
     return moves
 
 
@@ -229,6 +234,7 @@ def _tolerances(a: Point, gnorm: np.ndarray, curvature: np.ndarray, fallback: fl
 
 
 NEWTON_KAPPA = 0.1
+TRACK_MIN = 64
 NEWTON_STEP = 1e-7
 
 
@@ -332,7 +338,8 @@ class MinimaIndex:
         ``track`` names a sequence of nearby queries (a basin-hopping walker): the lower bounds of
         its previous query x' are kept, and by the triangle inequality (symmetries are isometries)
         bound(p, q) >= bound(x', q) - ||x' - align(x', p)||, so only stored minima whose reused
-        bound falls within reach are bounded afresh (Elkan's trick for k-means)."""
+        bound falls within reach are bounded afresh (Elkan's trick for k-means). The reuse costs
+        one alignment of p against x', so it is used from TRACK_MIN candidates on."""
         factor = AMBIGUITY if ambiguity else 1.0
         probe = Point(p.energy, p.x, max(p.gnorm, self._max_g))
         reach = factor * tolerances(p, probe, self._min_curv)[0]
@@ -346,6 +353,9 @@ class MinimaIndex:
         keep = de <= factor * e_tol
         ids, e_tol, d_tol, de = ids[keep], e_tol[keep], d_tol[keep], de[keep]
         bound, fresh = np.zeros(len(ids)), np.ones(len(ids), bool)
+        if len(ids) < TRACK_MIN:  # few candidates: fresh bounds cost less than the reuse's alignment
+            self._tracks.pop(track, None)
+            track = None
         if track in self._tracks:
             prev, known = self._tracks[track]
             reused = np.zeros(len(self._E))
