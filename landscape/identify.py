@@ -104,6 +104,8 @@ def _group_cost(ref: np.ndarray, x: np.ndarray, odd: bool) -> tuple[np.ndarray, 
     dot = ref @ np.swapaxes(x, -1, -2)
     base = (ref * ref).sum(-1)[..., :, None] + (x * x).sum(-1)[..., None, :]
     return np.maximum(base - 2.0 * (np.abs(dot) if odd else dot), 0.0), dot
+
+
 def _assignment_bound(rows: np.ndarray, rows_sq: np.ndarray, ids: np.ndarray, x: np.ndarray, odd: bool,
                       compiled: bool | None = None, threads: int = 1) -> np.ndarray:
     """Lower bounds (n,) on the optimal assignment cost between the unit rows of each stored set
