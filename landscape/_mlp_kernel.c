@@ -578,6 +578,16 @@ static int pool_threads(int n)
     return have + 1 < n ? have + 1 : n;
 }
 
+/* threads worth using (at most nthreads) for a job of `work` multiply-adds: waking a worker
+ * costs some microseconds, so each thread gets at least ~10-20 us (~4e5 multiply-adds); the
+ * workers are started if need be. Results never depend on the count. */
+static int job_threads(int nthreads, double work)
+{
+    const double want = work / 4.0e5;
+    if (nthreads > want) nthreads = want < 1.0 ? 1 : (int)want;
+    return nthreads > 1 ? pool_threads(nthreads) : 1;
+}
+
 /* run a job on the caller and nthreads - 1 pool workers; returns when every item is done */
 static void run_job(job_t *jb, int nthreads)
 {
@@ -766,17 +776,9 @@ int mlpk_eval(void *h, long K, const double *w, double *E, double *G, int nthrea
     if (K <= 0) return 0;
     if (nthreads < 1) nthreads = 1;
     if (nthreads > K) nthreads = (int)K;
-    /* waking a worker costs some microseconds: give each thread at least ~10-20 us of work
-     * (~4e5 units below, counting a tanh/exp as 12 multiply-adds). The results do not
-     * depend on the thread count. */
-    if (nthreads > 1) {
-        double fma = 0.0;
-        for (int l = 0; l < c->L; l++) fma += 3.0 * c->d[l] * c->d[l + 1] + 12.0 * c->d[l + 1];
-        double per_thread = 4.0e5;
-        double want = (double)K * fma * c->Npad / per_thread;
-        if (want < nthreads) nthreads = want < 1.0 ? 1 : (int)want;
-    }
-    if (nthreads > 1) nthreads = pool_threads(nthreads);
+    double fma = 0.0; /* per sample, counting a tanh/exp as 12 multiply-adds */
+    for (int l = 0; l < c->L; l++) fma += 3.0 * c->d[l] * c->d[l + 1] + 12.0 * c->d[l + 1];
+    nthreads = job_threads(nthreads, (double)K * fma * c->Npad);
     if (ensure_scratch(c, nthreads) != 0) return -1;
     c->last_threads = nthreads;
     eval_args_t a = {c, w, E, G};
@@ -863,10 +865,7 @@ void lbfgs_direction(long P, long ld, int npairs, const int *order, long n, cons
 {
     if (npairs > 64) npairs = 64;
     lbfgs_args_t a = {P, ld, npairs, order, rows, S, Y, rho, gamma, g, d};
-    /* about 4 M P multiply-adds an item; a worker is worth waking for ~4e5 of them */
-    double want = (double)n * 4.0 * npairs * P / 4.0e5;
-    if (nthreads > want) nthreads = want < 1.0 ? 1 : (int)want;
-    if (nthreads > 1) nthreads = pool_threads(nthreads);
+    nthreads = job_threads(nthreads, (double)n * 4.0 * npairs * P); /* ~4 M P multiply-adds an item */
     job_t jb = {lbfgs_item, &a, n};
     run_job(&jb, nthreads);
 }
@@ -971,10 +970,7 @@ void assignment_bound(long n, long H, long m, const float *rows, const double *r
     vf16 xv[4]; /* the query's squared norms, +inf in the padding */
     for (long c = 0; c < 16 * nv; c++) xv[c / 16][c % 16] = c < H ? (float)xsq[c] : INFINITY;
     bound_args_t a = {H, m, nv, odd, rows, xt, rsq, ids, xv, out};
-    /* about H^2 m multiply-adds an item; a worker is worth waking for ~4e5 of them */
-    double want = (double)n * H * H * m / 4.0e5;
-    if (nthreads > want) nthreads = want < 1.0 ? 1 : (int)want;
-    if (nthreads > 1) nthreads = pool_threads(nthreads);
+    nthreads = job_threads(nthreads, (double)n * H * H * m); /* H^2 m multiply-adds an item */
     job_t jb = {bound_item, &a, n};
     run_job(&jb, nthreads);
     free(xt);

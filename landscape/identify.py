@@ -376,24 +376,28 @@ class MinimaIndex:
             return Match(None, (), best)
         near = near[np.argsort(bound[near], kind="stable")]
         qs = [self.points[int(i)] for i in ids[near]]
-        moves = alignments(np.stack([q.x for q in qs]), p.x, self.groups)
+        Q = np.stack([q.x for q in qs])
+        moves = alignments(Q, p.x, self.groups)
         images = apply(p.x, moves)
-        d = np.linalg.norm(images - np.stack([q.x for q in qs]), axis=1)
+        deltas = images - Q
+        d = np.linalg.norm(deltas, axis=1)
         best = min(best, float(d.min()))
         same = (de[near] <= e_tol[near]) & (d <= d_tol[near])
         ambiguous = ids[near][~same & (d <= factor * d_tol[near])] if ambiguity else ids[:0]
         cand = np.flatnonzero(same)
-        ok = self._newton_consistent(p, [qs[j] for j in cand], images[cand], (moves[0][cand], moves[1][cand]))
+        ok = self._newton_consistent(p, [qs[j] for j in cand], images[cand], deltas[cand], d[cand],
+                                     (moves[0][cand], moves[1][cand]))
         for j, good in zip(cand, ok):
             if good:
                 return Match(int(ids[near[j]]), (), float(d[j]), images[j])
         return Match(None, tuple(int(i) for i in ambiguous), best)
 
-    def _newton_consistent(self, p: Point, qs: list[Point], images: np.ndarray, moves: Moves) -> np.ndarray:
+    def _newton_consistent(self, p: Point, qs: list[Point], images: np.ndarray, deltas: np.ndarray,
+                           norms: np.ndarray, moves: Moves) -> np.ndarray:
         """For each stored minimum q in ``qs``: is ``p`` where q's quadratic model puts it?
 
         With delta = x_p - x_q (``images`` (n, P): x_p aligned onto each q by ``moves``, which
-        carry its gradient g_p alike) and H delta a forward difference of gradients from p,
+        carry its gradient g_p alike; ``deltas`` (n, P) and their ``norms`` (n,)) and H delta a forward difference of gradients from p,
         |delta| (g_p - g(x_p - NEWTON_STEP delta / |delta|)) / NEWTON_STEP (all candidates in one
         ``energy_gradient`` call; rounding ~1e-16 |delta| / NEWTON_STEP, third-derivative error
         ~NEWTON_STEP |delta|):
@@ -408,8 +412,6 @@ class MinimaIndex:
         ok = np.ones(len(qs), bool)
         if self.energy_gradient is None or p.grad is None or not qs:
             return ok
-        deltas = images - np.stack([q.x for q in qs])
-        norms = np.linalg.norm(deltas, axis=1)
         gp = apply(p.grad, moves)
         known = np.array([q.grad is not None for q in qs])
         change = gp - np.stack([q.grad if q.grad is not None else gp[i] for i, q in enumerate(qs)])

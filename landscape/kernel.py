@@ -243,6 +243,14 @@ def _pointer(x: Any, name: str, shape: tuple[int, ...], writeable: bool, cache: 
 # --------------------------------------------------------------------------- L-BFGS two-loop
 
 LBFGS_MAX_PAIRS = 64
+
+
+def _check_arrays(*specs: tuple[str, np.ndarray, tuple, np.dtype]) -> None:
+    """Raise ValueError unless each (name, array, shape, dtype) matches and is C-contiguous."""
+    for name, a, shape, dtype in specs:
+        if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous {dtype} of shape {shape}")
+
 ASSIGNMENT_MAX_H = 64  # register tiles of 4 rows x 64 columns
 
 
@@ -258,10 +266,8 @@ def lbfgs_direction(S: np.ndarray, Y: np.ndarray, rho: np.ndarray, gamma: np.nda
     M, ld, P = S.shape
     if len(order) > LBFGS_MAX_PAIRS:
         raise ValueError(f"at most {LBFGS_MAX_PAIRS} pairs, got {len(order)}")
-    for name, a, shape, dtype in (("S", S, (M, ld, P), _F32), ("Y", Y, (M, ld, P), _F32),
-                                  ("rho", rho, (M, ld), _F64), ("gamma", gamma, (ld,), _F64), ("g", g, (ld, P), _F64)):
-        if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous {dtype} of shape {shape}")
+    _check_arrays(("S", S, (M, ld, P), _F32), ("Y", Y, (M, ld, P), _F32), ("rho", rho, (M, ld), _F64),
+                  ("gamma", gamma, (ld,), _F64), ("g", g, (ld, P), _F64))
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     if len(rows) and (rows.min() < 0 or rows.max() >= ld):
         raise ValueError(f"rows must lie in [0, {ld})")
@@ -287,10 +293,8 @@ def assignment_bound(rows: np.ndarray, rows_sq: np.ndarray, ids: np.ndarray, x: 
     N, H, m = rows.shape
     if H > ASSIGNMENT_MAX_H:
         raise ValueError(f"at most {ASSIGNMENT_MAX_H} units, got {H}")
-    for name, a, shape, dtype in (("rows", rows, (N, H, m), _F32), ("rows_sq", rows_sq, (N, H), _F64),
-                                  ("x", x, (H, m), _F32), ("x_sq", x_sq, (H,), _F64)):
-        if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous {dtype} of shape {shape}")
+    _check_arrays(("rows", rows, (N, H, m), _F32), ("rows_sq", rows_sq, (N, H), _F64), ("x", x, (H, m), _F32),
+                  ("x_sq", x_sq, (H,), _F64))
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     if len(ids) and (ids.min() < 0 or ids.max() >= N):
         raise ValueError(f"ids must lie in [0, {N})")
