@@ -8,6 +8,12 @@ Every ``adapt_every`` steps a walker scales its step toward the target acceptanc
 within [step_min, step_max]; a walker that has not lowered its own best energy for
 ``reseed_after`` steps restarts from fresh random weights.
 
+With ``visit_bias`` = a > 0 the acceptance exp(-dE/T) is multiplied by (h_old / h_new)^a, where
+h counts how often each minimum has been found: walkers leave minima found often for ones
+found rarely, so every known minimum's neighbourhood gets explored, not mainly the lowest
+ones'. This is for discovering many distinct minima; the walkers then no longer sample the
+Boltzmann distribution over minima. The default, 0, is plain basin-hopping.
+
 Every converged quench is checked against the stored minima (:mod:`landscape.identify`);
 new points are refined to ``refine_tol`` first. A new point is stored only if no Hessian
 eigenvalue is below ``-eig_tol`` (:mod:`landscape.hessian`): a saddle is pushed off along its
@@ -46,7 +52,9 @@ class Settings:
     new walker-best before a walker restarts from N(0, init_scale^2) weights. tol: RMS-gradient
     convergence of quenches; maxiter: their iteration cap; refine_tol: tolerance to which
     ambiguous comparisons are refined. hessian: 'full', 'lanczos', 'none' or 'auto' (full up to
-    1000 parameters). maxstep, memory: of the L-BFGS quench.
+    1000 parameters). maxstep, memory: of the L-BFGS quench. visit_bias: exponent a of the
+    visit-count factor (h_old / h_new)^a on the Metropolis acceptance (0: none; see the module
+    docstring; 4 with a fixed step of 3 is the measured best for discovery on Iris).
     """
 
     walkers: int = 32
@@ -66,6 +74,7 @@ class Settings:
     hessian: str = "auto"
     maxstep: float = 1.0
     memory: int = 20
+    visit_bias: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -79,6 +88,8 @@ class Settings:
             raise ValueError("temperature, step and tol must be > 0")
         if not 0 < self.target_acceptance < 1:
             raise ValueError(f"target_acceptance must be in (0, 1), got {self.target_acceptance}")
+        if not self.visit_bias >= 0:
+            raise ValueError(f"visit_bias must be >= 0, got {self.visit_bias}")
         if not 0 < self.step_min <= self.step_max:
             raise ValueError(f"need 0 < step_min <= step_max, got {self.step_min}, {self.step_max}")
         if self.hessian not in HESSIAN_MODES:
@@ -108,6 +119,7 @@ _WALKER_FIELDS = {
     "acc": "acceptances since the last step-size adjustment",
     "best": "lowest energy the walker reached since its last reseed",
     "since_best": "steps since it last improved on best",
+    "minimum": "database row of the current minimum (-1: none yet)",
     "rng": "PCG64 state: state hi, lo, inc hi, lo, has_uint32, uinteger",
 }
 
@@ -124,16 +136,18 @@ class _Walkers:
         self.acc = np.zeros(K, np.int64)  # acceptances since the last step adjustment
         self.best = np.full(K, np.inf)
         self.since_best = np.zeros(K, np.int64)
+        self.minimum = np.full(K, -1, np.int64)
 
     def arrays(self) -> dict[str, np.ndarray]:
         rng = np.array([_pack_rng(r) for r in self.rngs], dtype=np.uint64)
         return dict(x=self.x, energy=self.E, step=self.step, steps=self.steps, acc=self.acc, best=self.best,
-                    since_best=self.since_best, rng=rng)
+                    since_best=self.since_best, minimum=self.minimum, rng=rng)
 
     def restore(self, a: dict[str, np.ndarray]) -> None:
         for name in ("x", "step", "steps", "acc", "best", "since_best"):
             getattr(self, name)[...] = a[name]
         self.E[...] = a["energy"]
+        self.minimum[...] = a.get("minimum", -1)  # files written before visit_bias existed lack it
         for r, packed in zip(self.rngs, a["rng"]):
             _unpack_rng(r, packed)
 
@@ -178,7 +192,8 @@ class _Sampler:
         else:
             for k, r in enumerate(self.walkers.rngs):
                 self.walkers.x[k] = r.normal(0.0, s.init_scale, P)
-        self.index = MinimaIndex.of(db.minima(), self.groups, fallback_curvature=2.0 * problem.lam,
+        stored = db.minima()
+        self.index = MinimaIndex.of(stored, self.groups, fallback_curvature=2.0 * problem.lam,
                                     energy_gradient=self.energy.energy_gradient, threads=threads)
         self.counters = dict.fromkeys(("steps", "quenches", "converged", "accepted", "new_minima", "saddles",
                                        "refinements", "nfev"), 0)
@@ -190,6 +205,7 @@ class _Sampler:
                          maxstep=s.maxstep, threads=threads)
         self.pushes = np.zeros(K, np.int64)
         self.refining = np.zeros(K, bool)
+        self.hits = stored.hits.tolist()  # times each stored minimum was found, this run's finds included
         self.pending_hits: list[int] = []  # repeat finds, written with the walker state (about once a second)
 
     # -- main loop -----------------------------------------------------------------------------
@@ -261,8 +277,9 @@ class _Sampler:
             c["quenches"] += 1
             c["converged"] += int(r.converged[j])
         E = float(r.energy[j]) if r.converged[j] else math.inf  # an unconverged quench is no minimum
+        found = -1
         if r.converged[j]:
-            outcome = self._identify(k, r.x[j], r.grad[j], E, float(r.grad_rms[j]), refining)
+            outcome, found = self._identify(k, r.x[j], r.grad[j], E, float(r.grad_rms[j]), refining)
             if outcome == "refine":
                 c["refinements"] += 1
                 self.refining[k] = True
@@ -276,9 +293,8 @@ class _Sampler:
                     return False
                 E = math.inf
         self.pushes[k] = 0
-        accept = E < w.E[k] or (math.isfinite(E) and w.rngs[k].random() < math.exp(-(E - w.E[k]) / s.temperature))
-        if accept:
-            w.x[k], w.E[k] = r.x[j], E
+        if accept := self._metropolis(k, E, found):
+            w.x[k], w.E[k], w.minimum[k] = r.x[j], E, found
             w.acc[k] += 1
             c["accepted"] += 1
         if E < w.best[k]:
@@ -292,36 +308,51 @@ class _Sampler:
             w.acc[k] = 0
         if w.since_best[k] >= s.reseed_after:  # stagnant: restart from fresh random weights
             w.x[k] = w.rngs[k].normal(0.0, s.init_scale, self.P)
-            w.E[k], w.best[k], w.since_best[k] = math.inf, math.inf, 0
+            w.E[k], w.best[k], w.since_best[k], w.minimum[k] = math.inf, math.inf, 0, -1
             w.step[k] = s.step
         return True
 
+    def _metropolis(self, k: int, E: float, found: int) -> bool:
+        """Accept the walker's new minimum? exp(-dE/T), times (h_current/h_new)^visit_bias."""
+        w, s = self.walkers, self.s
+        if not math.isfinite(E):
+            return False
+        if not math.isfinite(w.E[k]):
+            return True
+        log_a = -(E - w.E[k]) / s.temperature
+        if s.visit_bias and w.minimum[k] >= 0:
+            log_a += s.visit_bias * math.log(self.hits[w.minimum[k]] / self.hits[found])
+        return log_a >= 0 or w.rngs[k].random() < math.exp(log_a)
+
     def _identify(self, walker: int, x: np.ndarray, grad: np.ndarray, E: float, grad_rms: float,
-                  refined: bool) -> str:
-        """'same' (a stored minimum found again: hits + 1, coordinates improved if this copy is
-        better converged), 'new' (stored), 'refine' (converge further before deciding) or 'saddle'."""
+                  refined: bool) -> tuple[str, int]:
+        """(outcome, row): 'same' (a stored minimum found again: hits + 1, coordinates improved if
+        this copy is better converged), 'new' (stored), 'refine' (converge further before deciding)
+        or 'saddle' (row -1)."""
         p = Point(E, x, grad_rms * np.sqrt(self.P), grad=grad)
         m = self.index.match(p, ambiguity=grad_rms > self.s.refine_tol and not refined, track=walker)
         if m.same is not None:
             self.pending_hits.append(m.same)
+            self.hits[m.same] += 1
             q = self.index.points[m.same]
             if p.gnorm < q.gnorm:  # a better-converged copy, in the stored copy's symmetry image
                 self.db.update_minimum(m.same, E, m.aligned, grad_rms)
                 self.index.add(m.same, Point(E, m.aligned, p.gnorm, q.curvature))
-            return "same"
+            return "same", m.same
         if grad_rms > self.s.refine_tol and not refined:
-            return "refine"
+            return "refine", -1
         eig = np.array([])
         if self.hessian_mode != "none":
             h = hessian.check(self.energy, x, self.hessian_mode)
             if h.saddle:
                 self._pushed = x + 1e-2 * h.vector
-                return "saddle"
+                return "saddle", -1
             eig = h.eigenvalues
         i = self.db.add_minimum(E, x, grad_rms, eig, (self.run_id, walker, int(self.walkers.steps[walker])))
         self.index.add(i, Point(E, x, p.gnorm, float(eig[0]) if eig.size else math.nan, grad))
+        self.hits.append(1)
         self.counters["new_minima"] += 1
-        return "new"
+        return "new", i
 
 
 def _progress(enabled: bool, total: int | None):

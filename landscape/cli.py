@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--step", type=float, help="initial step: max displacement per coordinate")
     h.add_argument("--fixed-step", dest="adaptive", action="store_const", const=False)
     h.add_argument("--target-acceptance", dest="target_acceptance", type=float)
+    h.add_argument("--visit-bias", dest="visit_bias", type=float,
+                   help="favour rarely found minima in the Metropolis test, for discovery (default 0: off)")
     h.add_argument("--tol", type=float, help="RMS-gradient convergence of quenches")
     h.add_argument("--hessian", choices=HESSIAN_MODES)
     r = s.add_argument_group("run")

@@ -51,8 +51,24 @@ def test_config_file(tmp_path, capsys):
         assert d.runs()[0]["parameters"]["walkers"] == 2
 
 
+@pytest.mark.parametrize("name", ["iris", "iris_discovery", "digits"])
+def test_shipped_configs_run(tmp_path, capsys, name):
+    """Every file in runs/ is accepted and its settings reach the run (one step per walker here)."""
+    import tomllib
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "runs", f"{name}.toml")
+    with open(path, "rb") as f:
+        wanted = tomllib.load(f)["sample"]
+    db = str(tmp_path / f"{name}.h5")
+    code, out, _ = run(capsys, "sample", db, "--config", path, "--steps", "1", "--walkers", "4", "--quiet")
+    assert code == 0 and "new minima" in out
+    with Database(db) as d:
+        used = d.runs()[0]["parameters"]
+    assert used["walkers"] == 4 and used["steps"] == 1
+    assert all(used[k] == v for k, v in wanted.items() if k not in ("walkers", "steps", "seed"))
+
+
 @pytest.mark.parametrize("case", ["unknown option", "config typo", "not hdf5", "other problem", "missing db",
-                                  "bad value", "no budget", "config type"])
+                                  "bad value", "no budget", "config type", "negative visit bias"])
 def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case):
     db = tmp_path / "x.h5"
     assert main(["sample", str(db), *FAST, "--steps", "1"]) == 0
@@ -78,6 +94,8 @@ def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case)
         argv = ["sample", str(db), "--config", str(cfg), "--steps", "1"]
     elif case == "bad value":
         argv = ["sample", str(db), "--lam", "0", "--steps", "1"]
+    elif case == "negative visit bias":
+        argv = ["sample", str(db), "--visit-bias", "-1", "--steps", "1"]
     else:
         argv = ["sample", str(db), "--quiet"]
     before = target.read_bytes()

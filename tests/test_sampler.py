@@ -122,6 +122,38 @@ def test_resume_continues_without_duplicates(problem, tmp_path):
     test_no_two_stored_minima_are_the_same((path, None), problem)
 
 
+def test_resume_of_a_file_without_walker_minima(problem, tmp_path):
+    """Files written before visit_bias existed store no walker minima; resume still works."""
+    import h5py
+    path = str(tmp_path / "old.h5")
+    landscape.sample(problem, path, SETTINGS, steps=2, seed=0, progress=False)
+    with h5py.File(path, "a") as f:
+        del f["runs/0/walkers/minimum"]
+    biased = landscape.Settings(walkers=8, temperature=0.01, step=1.0, visit_bias=2.0)
+    landscape.sample(problem, path, biased, steps=2, seed=0, resume=True, progress=False)
+    with Database(path) as db:
+        assert np.all(db.walker_state(1)["minimum"] >= 0)  # every walker has accepted a stored minimum
+        assert [r["status"] for r in db.runs()] == ["completed", "completed"]
+
+
+def test_visit_bias_spreads_walkers_over_rarely_found_minima(tmp_path):
+    """Plain Metropolis at T = 0.01 keeps returning to the lowest minima; the visit bias moves the
+    walkers on to minima found rarely, so the most-found minimum takes a smaller share of the
+    quenches and more distinct minima are found for the same budget."""
+    problem = landscape.Problem.create("iris", hidden=(5,), lam=1e-4, test_fraction=0.0)
+    out = {}
+    for bias in (0.0, 4.0):
+        path = str(tmp_path / f"b{bias}.h5")
+        s = landscape.Settings(walkers=16, temperature=0.01, step=3.0, adaptive=False, visit_bias=bias)
+        landscape.sample(problem, path, s, steps=15, seed=0, progress=False)
+        with Database(path) as db:
+            hits, minimum = db.minima().hits, db.walker_state(0)["minimum"]
+        assert np.all((minimum >= 0) & (minimum < len(hits)))
+        out[bias] = hits.max() / hits.sum(), len(hits)
+    assert out[4.0][0] < 0.8 * out[0.0][0]
+    assert out[4.0][1] > out[0.0][1]
+
+
 def test_other_problem_is_refused_and_file_unchanged(sampled, problem):
     path, _ = sampled
     before = path.read_bytes()
