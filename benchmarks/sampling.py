@@ -21,7 +21,7 @@ Cases:
 
 usage: OMP_NUM_THREADS=1 python benchmarks/sampling.py [--case throughput|discovery|digits|all]
        [--seconds 60] [--walkers 256] [--peer-energy numpy|kernel] [--discovery-step 3.0]
-       [--discovery-maxstep 0.3] [--discovery-visit-bias 4.0] [--discovery-adaptive]
+       [--discovery-maxstep 0.3] [--discovery-visit-bias 4.0] [--discovery-adaptive] [--repeats 1]
 """
 from __future__ import annotations
 
@@ -50,18 +50,20 @@ def digits_problem() -> landscape.Problem:
     return landscape.Problem.create("digits", hidden=(32,), lam=1e-4, test_fraction=0.0, scaling="standardize")
 
 
-def ours(problem: landscape.Problem, settings: landscape.Settings, seconds: float, threads: int = 1) -> dict:
+def ours(problem: landscape.Problem, settings: landscape.Settings, seconds: float, threads: int = 1,
+         seed: int = 0) -> dict:
     """Run our sampler for ``seconds`` of wall time (= CPU time single-threaded)."""
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.h5")
         t0, c0 = time.perf_counter(), time.process_time()
-        res = landscape.sample(problem, path, settings, minutes=seconds / 60, seed=0, threads=threads, progress=False)
+        res = landscape.sample(problem, path, settings, minutes=seconds / 60, seed=seed, threads=threads,
+                                 progress=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         with Database(path) as db:
             m = db.minima()
     c = res.counters
-    return dict(tool=f"landscape (K={settings.walkers}, threads={threads})", cpu_s=round(cpu, 1), wall_s=round(wall, 1),
+    return dict(tool=f"landscape (K={settings.walkers}, threads={threads}, seed={seed})", cpu_s=round(cpu, 1), wall_s=round(wall, 1),
                 quenches=c["quenches"], converged=c["converged"], nfev=c["nfev"],
                 conv_per_cpu_s=round(c["converged"] / cpu, 1), conv_per_wall_s=round(c["converged"] / wall, 1),
                 fev_per_quench=round(c["nfev"] / max(1, c["quenches"]), 1), stored_minima=len(m),
@@ -197,6 +199,8 @@ def main() -> None:
                     help="our quench's step cap in the discovery case (smaller: closer to steepest-descent basins)")
     ap.add_argument("--discovery-visit-bias", type=float, default=4.0,
                     help="our visit bias in the discovery case (0: plain Metropolis)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="discovery: our third-of-the-time runs with seeds 0..repeats-1 (the peers run once)")
     ap.add_argument("--discovery-adaptive", action="store_true",
                     help="adapt our step toward 50%% acceptance in the discovery case (default: fixed)")
     ap.add_argument("--peer-energy", choices=("numpy", "kernel"), default="numpy",
@@ -219,19 +223,20 @@ def main() -> None:
         s = landscape.Settings(walkers=a.walkers, step=a.discovery_step, adaptive=a.discovery_adaptive,
                                temperature=0.01, maxstep=a.discovery_maxstep, visit_bias=a.discovery_visit_bias)
         full = ours(problem, s, a.seconds)
-        third = ours(problem, s, a.seconds / 3)
-        third_wall = ours(problem, s, a.seconds / 3, threads=2)
-        for row in (full, third, third_wall):
+        thirds = {threads: [ours(problem, s, a.seconds / 3, threads=threads, seed=seed) for seed in range(a.repeats)]
+                  for threads in (1, 2)}
+        for row in (full, *thirds[1], *thirds[2]):
             show(row)
         peers = [r for r in (scipy_bh(problem, 1.0, False, a.seconds), pele_bh(problem, 1.0, False, a.seconds)) if r]
         for peer in peers:
             show(peer)
-            for name, row in (("a third of the CPU time", third), ("a third of the time, on 2 cores", third_wall)):
-                n_peer, missed = distinct(problem, row["minima"], peer["points"])
-                print(json.dumps({"peer": peer["tool"], "peer_distinct_minima": n_peer,
-                                  f"of_which_ours_missed_in_{name.replace(' ', '_')}": missed}))
-        everything = np.concatenate([p["points"] for p in peers] + [third["minima"].coords, third_wall["minima"].coords])
-        n_all, missing = distinct(problem, full["minima"], everything)
+            for threads, name in ((1, "a third of the CPU time"), (2, "a third of the time, on 2 cores")):
+                missed = [distinct(problem, row["minima"], peer["points"]) for row in thirds[threads]]
+                print(json.dumps({"peer": peer["tool"], "peer_distinct_minima": missed[0][0],
+                                  f"of_which_ours_missed_in_{name.replace(' ', '_')}_per_seed": [m for _, m in missed]}))
+        everything = np.concatenate([p["points"] for p in peers]
+                                    + [row["minima"].coords for rows in thirds.values() for row in rows])
+        _, missing = distinct(problem, full["minima"], everything)
         print(json.dumps({"distinct_minima_ours_full_run": len(full["minima"]),
                           "found_by_the_other_runs_but_not_by_ours_full_run": missing,
                           "union": len(full["minima"]) + missing,
