@@ -251,6 +251,7 @@ def _check_arrays(*specs: tuple[str, np.ndarray, tuple, np.dtype]) -> None:
         if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous {dtype} of shape {shape}")
 
+
 ASSIGNMENT_MAX_H = 64  # register tiles of 4 rows x 64 columns
 
 
