@@ -1,5 +1,5 @@
 /* Fused energy + gradient of batched MLP losses (float64), and the L-BFGS two-loop recursion
- * over the same batches (lbfgs_direction, at the end).
+ * over the same batches (lbfgs_direction and lbfgs_push, at the end).
  *
  * E(w) = mean_n CE(softmax(f(x_n; w)), y_n) + lam * ||w||^2 for K parameter vectors w at once.
  * Built and loaded by landscape/kernel.py (see there for the Python API and the build flags).
@@ -33,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MLPK_ABI 6
+#define MLPK_ABI 7
 #define MAXL 32
 
 /* Vector length VL (doubles) and register-tile sizes follow the target: 32 zmm registers
@@ -789,30 +789,84 @@ int mlpk_eval(void *h, long K, const double *w, double *E, double *G, int nthrea
 
 /* ------------------------------------------------------------------ L-BFGS two-loop */
 
-typedef float vfu __attribute__((vector_size(4 * VL), aligned(4)));
-INLINE vd vloadf(const float *p) { return __builtin_convertvector(*(const vfu *)p, vd); }
-
-INLINE double dot(const float *a, const double *b, long P)
+/* The (s, y) pairs are stored in IEEE half precision, each pair row divided by its own scale
+ * (its largest |component|), so it fills [-1, 1]: the two-loop recursion reads them all twice
+ * an iteration and waits on memory. Conversions: F16C instructions where the target has them,
+ * the compiler's _Float16 otherwise (a compiler with neither cannot build this file). */
+#if defined(__F16C__)
+#include <immintrin.h>
+INLINE double h2d(uint16_t h) { return (double)_cvtsh_ss(h); }
+INLINE uint16_t d2h(double x) { return (uint16_t)_cvtss_sh((float)x, _MM_FROUND_TO_NEAREST_INT); }
+#else
+INLINE double h2d(uint16_t h)
 {
-    /* a float row against a double vector, in double: two vector accumulators, a scalar
+    _Float16 f;
+    memcpy(&f, &h, 2);
+    return (double)f;
+}
+INLINE uint16_t d2h(double x)
+{
+    const _Float16 f = (_Float16)(float)x;
+    uint16_t h;
+    memcpy(&h, &f, 2);
+    return h;
+}
+#endif
+
+#if defined(__F16C__) && VL == 8
+INLINE vd vloadh(const uint16_t *p)
+{
+    return (vd)_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)));
+}
+#elif defined(__F16C__) && VL == 4
+INLINE vd vloadh(const uint16_t *p) { return (vd)_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p))); }
+#else
+INLINE vd vloadh(const uint16_t *p)
+{
+    vd v;
+    for (int j = 0; j < VL; j++) v[j] = h2d(p[j]);
+    return v;
+}
+#endif
+
+#if defined(__F16C__) && VL == 8
+INLINE void vstoreh(uint16_t *p, vd v)
+{
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(_mm512_cvtpd_ps((__m512d)v), _MM_FROUND_TO_NEAREST_INT));
+}
+#elif defined(__F16C__) && VL == 4
+INLINE void vstoreh(uint16_t *p, vd v)
+{
+    _mm_storel_epi64((__m128i *)p, _mm_cvtps_ph(_mm256_cvtpd_ps((__m256d)v), _MM_FROUND_TO_NEAREST_INT));
+}
+#else
+INLINE void vstoreh(uint16_t *p, vd v)
+{
+    for (int j = 0; j < VL; j++) p[j] = d2h(v[j]);
+}
+#endif
+
+INLINE double dot(const uint16_t *a, const double *b, long P)
+{
+    /* a half row against a double vector, in double: two vector accumulators, a scalar
      * tail, a fixed order */
     vd s0 = vset1(0.0), s1 = vset1(0.0);
     long p = 0;
     for (; p + 2 * VL <= P; p += 2 * VL) {
-        s0 += vloadf(a + p) * vloadu(b + p);
-        s1 += vloadf(a + p + VL) * vloadu(b + p + VL);
+        s0 += vloadh(a + p) * vloadu(b + p);
+        s1 += vloadh(a + p + VL) * vloadu(b + p + VL);
     }
     double t = hsum(s0 + s1);
-    for (; p < P; p++) t += (double)a[p] * b[p];
+    for (; p < P; p++) t += h2d(a[p]) * b[p];
     return t;
 }
 
-INLINE void axpy(double *y, double a, const float *x, long P)
+INLINE void axpy(double *y, double a, const uint16_t *x, long P)
 {
     const vd va = vset1(a);
     long p = 0;
-    for (; p + VL <= P; p += VL) *(vdu *)(y + p) = vloadu(y + p) + va * vloadf(x + p);
-    for (; p < P; p++) y[p] += a * (double)x[p];
+    for (; p + VL <= P; p += VL) *(vdu *)(y + p) = vloadu(y + p) + va * vloadh(x + p);
+    for (; p < P; p++) y[p] += a * h2d(x[p]);
 }
 
 typedef struct {
@@ -820,19 +874,20 @@ typedef struct {
     int npairs;
     const int *order;
     const long *rows;
-    const float *S, *Y;
-    const double *rho, *gamma, *g;
+    const uint16_t *S, *Y;
+    const double *s_scale, *y_scale, *rho, *gamma, *g;
     double *d;
 } lbfgs_args_t;
 
-/* the two-loop recursion for problem i of an lbfgs_direction call */
+/* the two-loop recursion for problem i of an lbfgs_direction call; pair t is
+ * (s_scale S_t, y_scale Y_t) */
 static void lbfgs_item(const job_t *jb, long i, int tid)
 {
     (void)tid;
     const lbfgs_args_t *a = jb->args;
     const long P = a->P, ld = a->ld, k = a->rows[i];
-    const float *S = a->S, *Y = a->Y;
-    const double *rho = a->rho;
+    const uint16_t *S = a->S, *Y = a->Y;
+    const double *rho = a->rho, *ss = a->s_scale, *ys = a->y_scale;
     double alpha[64];
     double *q = a->d + i * P;
     memcpy(q, a->g + k * P, (size_t)P * sizeof(double));
@@ -840,33 +895,110 @@ static void lbfgs_item(const job_t *jb, long i, int tid)
         const long at = (long)a->order[t] * ld + k;
         alpha[t] = 0.0;
         if (rho[at] == 0.0) continue;
-        alpha[t] = rho[at] * dot(S + at * P, q, P);
-        axpy(q, -alpha[t], Y + at * P, P);
+        alpha[t] = rho[at] * ss[at] * dot(S + at * P, q, P);
+        axpy(q, -alpha[t] * ys[at], Y + at * P, P);
     }
     const double gk = a->gamma[k];
     for (long p = 0; p < P; p++) q[p] *= gk;
     for (int t = a->npairs - 1; t >= 0; t--) {
         const long at = (long)a->order[t] * ld + k;
         if (rho[at] == 0.0) continue;
-        const double beta = rho[at] * dot(Y + at * P, q, P);
-        axpy(q, alpha[t] - beta, S + at * P, P);
+        const double beta = rho[at] * ys[at] * dot(Y + at * P, q, P);
+        axpy(q, (alpha[t] - beta) * ss[at], S + at * P, P);
     }
     for (long p = 0; p < P; p++) q[p] = -q[p];
 }
 
 /* d = -H g by the L-BFGS two-loop recursion for n problems, one problem per item on up to
- * nthreads threads (the result does not depend on it). S and Y are float rings of shape (M, ld, P):
- * pair j of problem k starts at (j * ld + k) * P; rho (M, ld) is 1 / s.y, 0 where a pair is
- * unusable (skipped); gamma (ld) scales the initial inverse Hessian. order (npairs <= 64): the
- * ring indices to use, newest first; rows (n): the problems; g (ld, P); d (n, P). */
+ * nthreads threads (the result does not depend on it). S and Y are half rings of shape (M, ld, P):
+ * pair j of problem k starts at (j * ld + k) * P and stands for s_scale[j, k] S, y_scale[j, k] Y;
+ * rho (M, ld) is 1 / s.y, 0 where a pair is unusable (skipped); gamma (ld) scales the initial
+ * inverse Hessian. order (npairs <= 64): the ring indices to use, newest first; rows (n): the
+ * problems; g (ld, P); d (n, P). */
 void lbfgs_direction(long P, long ld, int npairs, const int *order, long n, const long *rows,
-                     const float *S, const float *Y, const double *rho, const double *gamma,
-                     const double *g, double *d, int nthreads)
+                     const uint16_t *S, const uint16_t *Y, const double *s_scale, const double *y_scale,
+                     const double *rho, const double *gamma, const double *g, double *d, int nthreads)
 {
     if (npairs > 64) npairs = 64;
-    lbfgs_args_t a = {P, ld, npairs, order, rows, S, Y, rho, gamma, g, d};
+    lbfgs_args_t a = {P, ld, npairs, order, rows, S, Y, s_scale, y_scale, rho, gamma, g, d};
     nthreads = job_threads(nthreads, (double)n * 4.0 * npairs * P); /* ~4 M P multiply-adds an item */
     job_t jb = {lbfgs_item, &a, n};
+    run_job(&jb, nthreads);
+}
+
+typedef struct {
+    long P, ld, slot;
+    const long *rows;
+    const double *x, *xn, *g, *gn;
+    uint16_t *S, *Y;
+    double *s_scale, *y_scale, *out;
+} push_args_t;
+
+/* store s = xn - x and y = gn - g of problem i as ring pair `slot`, each divided by its largest
+ * |component| and rounded to half; out[2i], out[2i+1] = s.y and y.y of the stored (rounded)
+ * pair, NaN when s or y is not finite */
+static void push_item(const job_t *jb, long i, int tid)
+{
+    (void)tid;
+    const push_args_t *a = jb->args;
+    const long P = a->P, at = a->slot * a->ld + a->rows[i];
+    const double *x = a->x + i * P, *xn = a->xn + i * P, *g = a->g + i * P, *gn = a->gn + i * P;
+    /* the largest |s_p|, |y_p|; nonfinite collects s - s + y - y (0, or NaN for inf/NaN) */
+    vd vms = vset1(0.0), vmy = vset1(0.0), nonfinite = vset1(0.0);
+    long p = 0;
+    for (; p + VL <= P; p += VL) {
+        const vd s = vloadu(xn + p) - vloadu(x + p), y = vloadu(gn + p) - vloadu(g + p);
+        nonfinite += (s - s) + (y - y);
+        vms = vsel(vabs(s) > vms, vabs(s), vms);
+        vmy = vsel(vabs(y) > vmy, vabs(y), vmy);
+    }
+    double ms = 0.0, my = 0.0, bad = hsum(nonfinite);
+    for (int j = 0; j < VL; j++) {
+        ms = vms[j] > ms ? vms[j] : ms;
+        my = vmy[j] > my ? vmy[j] : my;
+    }
+    for (; p < P; p++) {
+        const double s = xn[p] - x[p], y = gn[p] - g[p];
+        bad += (s - s) + (y - y);
+        ms = fabs(s) > ms ? fabs(s) : ms;
+        my = fabs(y) > my ? fabs(y) : my;
+    }
+    if (!(ms > 0.0 && ms < INFINITY)) ms = 1.0; /* zero or non-finite: unscaled */
+    if (!(my > 0.0 && my < INFINITY)) my = 1.0;
+    uint16_t *S = a->S + at * P, *Y = a->Y + at * P;
+    const vd is = vset1(1.0 / ms), iy = vset1(1.0 / my);
+    vd vsy = vset1(0.0), vyy = vset1(0.0);
+    for (p = 0; p + VL <= P; p += VL) {
+        vstoreh(S + p, (vloadu(xn + p) - vloadu(x + p)) * is);
+        vstoreh(Y + p, (vloadu(gn + p) - vloadu(g + p)) * iy);
+        const vd hs = vloadh(S + p), hy = vloadh(Y + p);
+        vsy += hs * hy;
+        vyy += hy * hy;
+    }
+    double sy = hsum(vsy), yy = hsum(vyy);
+    for (; p < P; p++) {
+        S[p] = d2h((xn[p] - x[p]) * is[0]);
+        Y[p] = d2h((gn[p] - g[p]) * iy[0]);
+        const double hs = h2d(S[p]), hy = h2d(Y[p]);
+        sy += hs * hy;
+        yy += hy * hy;
+    }
+    const int finite = bad == 0.0;
+    a->s_scale[at] = ms;
+    a->y_scale[at] = my;
+    a->out[2 * i] = finite ? sy * ms * my : NAN;
+    a->out[2 * i + 1] = finite ? yy * my * my : NAN;
+}
+
+/* push the pairs of n problems (rows, their slots in the ring of leading dimension ld) into ring
+ * position slot; x, xn, g, gn (n, P); out (n, 2): s.y and y.y of each stored pair */
+void lbfgs_push(long P, long ld, long slot, long n, const long *rows, const double *x, const double *xn,
+                const double *g, const double *gn, uint16_t *S, uint16_t *Y, double *s_scale, double *y_scale,
+                double *out, int nthreads)
+{
+    push_args_t a = {P, ld, slot, rows, x, xn, g, gn, S, Y, s_scale, y_scale, out};
+    nthreads = job_threads(nthreads, (double)n * 4.0 * P);
+    job_t jb = {push_item, &a, n};
     run_job(&jb, nthreads);
 }
 

@@ -1,6 +1,6 @@
 """Compiled energy + gradient of batched MLP losses (float64), from ``_mlp_kernel.c``; the same
-library holds the L-BFGS two-loop recursion (:func:`lbfgs_direction`) that :mod:`landscape.minimize`
-uses for any energy, and the assignment bound (:func:`assignment_bound`) with which
+library holds the L-BFGS two-loop recursion (:func:`lbfgs_direction`, :func:`lbfgs_push`) that
+:mod:`landscape.minimize` uses for any energy, and the assignment bound (:func:`assignment_bound`) with which
 :mod:`landscape.identify` prunes candidates.
 
 E(w) = mean over the N samples of the softmax cross-entropy of the logits against the labels
@@ -50,13 +50,13 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["ACTIVATIONS", "CFLAGS", "MLPKernel", "available", "unavailable_reason", "library_path", "lbfgs_direction",
-           "assignment_bound", "LBFGS_MAX_PAIRS", "ASSIGNMENT_MAX_H"]
+           "lbfgs_push", "assignment_bound", "LBFGS_MAX_PAIRS", "ASSIGNMENT_MAX_H"]
 
 ACTIVATIONS = ("tanh", "sigmoid", "relu")
 _MARCH = os.environ.get("LANDSCAPE_KERNEL_MARCH", "native")
 CFLAGS = ("-O3", f"-march={_MARCH}", "-funroll-loops", "-ffp-contract=fast", "-fno-math-errno",
           "-std=gnu11", "-fPIC", "-shared", "-pthread")
-_ABI = 6
+_ABI = 7
 _SRC = Path(__file__).with_name("_mlp_kernel.c")
 
 _lock = threading.Lock()
@@ -164,8 +164,10 @@ def _load() -> ctypes.CDLL | None:
             lib.mlpk_last_threads.restype = i
             lib.mlpk_eval.argtypes = [vp, L, vp, vp, vp, i]
             lib.mlpk_eval.restype = i
-            lib.lbfgs_direction.argtypes = [L, L, i, vp, L, vp, vp, vp, vp, vp, vp, vp, i]
+            lib.lbfgs_direction.argtypes = [L, L, i, vp, L, vp, vp, vp, vp, vp, vp, vp, vp, vp, i]
             lib.lbfgs_direction.restype = None
+            lib.lbfgs_push.argtypes = [L, L, L, L, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, i]
+            lib.lbfgs_push.restype = None
             lib.assignment_bound.argtypes = [L, L, L, vp, vp, vp, vp, vp, i, vp, i]
             lib.assignment_bound.restype = None
             _state["lib"], _state["path"] = lib, path
@@ -195,6 +197,7 @@ def library_path() -> Path | None:
 
 _F64 = np.dtype(np.float64)
 _F32 = np.dtype(np.float32)
+_F16 = np.dtype(np.float16)
 
 
 def _is_torch(x: Any) -> bool:
@@ -255,31 +258,61 @@ def _check_arrays(*specs: tuple[str, np.ndarray, tuple, np.dtype]) -> None:
 ASSIGNMENT_MAX_H = 64  # register tiles of 4 rows x 64 columns
 
 
-def lbfgs_direction(S: np.ndarray, Y: np.ndarray, rho: np.ndarray, gamma: np.ndarray, g: np.ndarray,
-                    order: Sequence[int], rows: np.ndarray, threads: int = 1) -> np.ndarray:
+def lbfgs_direction(S: np.ndarray, Y: np.ndarray, s_scale: np.ndarray, y_scale: np.ndarray, rho: np.ndarray,
+                    gamma: np.ndarray, g: np.ndarray, order: Sequence[int], rows: np.ndarray,
+                    threads: int = 1) -> np.ndarray:
     """-H g by the L-BFGS two-loop recursion for problems ``rows`` (n,), compiled, on up to
     ``threads`` threads of the kernel's pool (one problem per task; the result does not depend on it).
 
-    S, Y: (M, ld, P) float32 rings of steps and gradient changes; rho (M, ld): 1 / s.y, 0 for an
-    unusable pair (skipped); gamma (ld): initial inverse-Hessian scale; g (ld, P); order: the ring
-    indices to use, newest first (at most LBFGS_MAX_PAIRS). The rest float64; all C-contiguous.
-    Returns d (n, P). Call only when :func:`available`."""
+    S, Y: (M, ld, P) float16 rings of steps and gradient changes, each pair row divided by its
+    scale in s_scale, y_scale (M, ld) (as :func:`lbfgs_push` stores them); rho (M, ld): 1 / s.y,
+    0 for an unusable pair (skipped); gamma (ld): initial inverse-Hessian scale; g (ld, P); order:
+    the ring indices to use, newest first (at most LBFGS_MAX_PAIRS). The rest float64; all
+    C-contiguous. Returns d (n, P). Call only when :func:`available`."""
     M, ld, P = S.shape
     if len(order) > LBFGS_MAX_PAIRS:
         raise ValueError(f"at most {LBFGS_MAX_PAIRS} pairs, got {len(order)}")
-    _check_arrays(("S", S, (M, ld, P), _F32), ("Y", Y, (M, ld, P), _F32), ("rho", rho, (M, ld), _F64),
+    _check_arrays(("S", S, (M, ld, P), _F16), ("Y", Y, (M, ld, P), _F16), ("s_scale", s_scale, (M, ld), _F64),
+                  ("y_scale", y_scale, (M, ld), _F64), ("rho", rho, (M, ld), _F64),
                   ("gamma", gamma, (ld,), _F64), ("g", g, (ld, P), _F64))
-    rows = np.ascontiguousarray(rows, dtype=np.int64)
-    if len(rows) and (rows.min() < 0 or rows.max() >= ld):
-        raise ValueError(f"rows must lie in [0, {ld})")
+    rows = _rows(rows, ld)
     idx = np.ascontiguousarray(order, dtype=np.intc)
     if len(idx) and (idx.min() < 0 or idx.max() >= M):
         raise ValueError(f"order must lie in [0, {M})")
     d = np.empty((len(rows), P))
     _load().lbfgs_direction(P, ld, len(idx), idx.ctypes.data, len(rows), rows.ctypes.data, S.ctypes.data,
-                            Y.ctypes.data, rho.ctypes.data, gamma.ctypes.data, g.ctypes.data, d.ctypes.data,
-                            max(1, int(threads)))
+                            Y.ctypes.data, s_scale.ctypes.data, y_scale.ctypes.data, rho.ctypes.data,
+                            gamma.ctypes.data, g.ctypes.data, d.ctypes.data, max(1, int(threads)))
     return d
+
+
+def lbfgs_push(S: np.ndarray, Y: np.ndarray, s_scale: np.ndarray, y_scale: np.ndarray, slot: int, rows: np.ndarray,
+               x: np.ndarray, xn: np.ndarray, g: np.ndarray, gn: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Store the pairs s = xn - x, y = gn - g of problems ``rows`` (n,) at ring position ``slot``
+    of S, Y (M, ld, P) float16: each row divided by its largest |component| (kept in s_scale,
+    y_scale (M, ld)) and rounded to the nearest half. x, xn, g, gn: (n, P) float64, C-contiguous.
+    Returns s.y and y.y (n,) of the stored pairs, as the two-loop recursion sees them (NaN where
+    s or y is not finite)."""
+    M, ld, P = S.shape
+    n = len(rows)
+    _check_arrays(("S", S, (M, ld, P), _F16), ("Y", Y, (M, ld, P), _F16), ("s_scale", s_scale, (M, ld), _F64),
+                  ("y_scale", y_scale, (M, ld), _F64), ("x", x, (n, P), _F64), ("xn", xn, (n, P), _F64),
+                  ("g", g, (n, P), _F64), ("gn", gn, (n, P), _F64))
+    if not 0 <= slot < M:
+        raise ValueError(f"slot must lie in [0, {M})")
+    rows = _rows(rows, ld)
+    out = np.empty((n, 2))
+    _load().lbfgs_push(P, ld, int(slot), n, rows.ctypes.data, x.ctypes.data, xn.ctypes.data, g.ctypes.data,
+                       gn.ctypes.data, S.ctypes.data, Y.ctypes.data, s_scale.ctypes.data, y_scale.ctypes.data,
+                       out.ctypes.data, max(1, int(threads)))
+    return out[:, 0], out[:, 1]
+
+
+def _rows(rows: np.ndarray, ld: int) -> np.ndarray:
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= ld):
+        raise ValueError(f"rows must lie in [0, {ld})")
+    return rows
 
 
 def assignment_bound(rows: np.ndarray, rows_sq: np.ndarray, ids: np.ndarray, x: np.ndarray, x_sq: np.ndarray,

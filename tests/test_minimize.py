@@ -85,15 +85,18 @@ def test_nonfinite_energy_is_reported():
 @pytest.mark.skipif(not kernel.available(), reason="no C compiler")
 @pytest.mark.parametrize("P, K, M", [(43, 7, 5), (2410, 40, 20)])
 def test_compiled_two_loop_equals_numpy(P, K, M):
-    """The compiled two-loop recursion gives the NumPy one's direction, skips unusable pairs
-    (rho = 0, arrays holding NaN) and honours the ring order and a subset of slots."""
+    """The compiled two-loop recursion gives the NumPy one's direction, applies the pair scales,
+    skips unusable pairs (rho = 0, arrays holding NaN) and honours the ring order and a subset of
+    slots."""
     rng = np.random.default_rng(P)
     opt = LBFGS(lambda x: (np.zeros(len(x)), x), P, memory=M)
     opt.add(rng.normal(size=(K, P)))
     opt._evaluate_pending()
-    opt.S[...] = rng.normal(size=opt.S.shape)
-    opt.Y[...] = opt.S + 0.3 * rng.normal(size=opt.S.shape)
-    opt.rho[...] = 1.0 / np.einsum("mkp,mkp->mk", opt.S, opt.Y)
+    opt.S[...] = rng.uniform(-1, 1, size=opt.S.shape)
+    opt.Y[...] = opt.S + 0.3 * rng.uniform(-1, 1, size=opt.S.shape)
+    opt.s_scale[...], opt.y_scale[...] = rng.uniform(1e-6, 1.0, (2, M, K))
+    s, y = opt.S.astype(np.float64) * opt.s_scale[..., None], opt.Y.astype(np.float64) * opt.y_scale[..., None]
+    opt.rho[...] = 1.0 / np.einsum("mkp,mkp->mk", s, y)
     opt.rho[1, 2], opt.Y[1, 2], opt.S[1, 2] = 0.0, np.nan, np.nan
     opt.gamma[...] = rng.uniform(0.1, 1.0, K)
     opt.pushes, opt.head = M - 1, 3  # a ring that is not full, newest pair not at the end
@@ -107,3 +110,35 @@ def test_compiled_two_loop_equals_numpy(P, K, M):
         slow = opt._direction(sel)
         assert np.all(np.isfinite(fast))
         np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12 * np.abs(slow).max())
+
+
+@pytest.mark.skipif(not kernel.available(), reason="no C compiler")
+@pytest.mark.parametrize("P", [43, 2410])
+def test_pairs_stored_in_half_precision(P):
+    """A pushed pair is its row divided by its largest |component|, rounded to the nearest half
+    (so within 2^-11 of that component), compiled and NumPy alike; s.y and y.y are those of the
+    stored pair, NaN where a step or gradient change is not finite."""
+    rng = np.random.default_rng(P)
+    K, M = 5, 3
+    x, g = rng.normal(size=(2, K, P))
+    xn, gn = x + 10.0 ** rng.uniform(-9, 1, (K, 1)) * rng.normal(size=(K, P)), g + 1e-3 * rng.normal(size=(K, P))
+    gn[3, 7] = np.inf
+    rows = np.array([4, 0, 2, 1, 3])
+    stored = []
+    for compiled in (True, False):
+        opt = LBFGS(lambda z: (np.zeros(len(z)), z), P, memory=M)
+        opt.add(np.zeros((K, P)))
+        opt.compiled = compiled
+        sy, yy = opt._push(1, rows, x, xn, g, gn)
+        s, y = opt._pair(1, rows)
+        stored.append((opt.S[1, rows].copy(), opt.Y[1, rows].copy(), sy, yy))
+        for got, want in ((s, xn - x), (y, gn - g)):
+            top = np.abs(want).max(1, keepdims=True)
+            fine = np.isfinite(top[:, 0])
+            assert np.all(np.abs(got[fine] - want[fine]) <= 2.0 ** -11 * top[fine])
+        np.testing.assert_allclose(sy[[0, 1, 2, 4]], np.einsum("ap,ap->a", s, y)[[0, 1, 2, 4]], rtol=1e-12)
+        np.testing.assert_allclose(yy[[0, 1, 2, 4]], np.einsum("ap,ap->a", y, y)[[0, 1, 2, 4]], rtol=1e-12)
+        assert np.isnan(sy[3]) and np.isnan(yy[3])
+    fast, slow = stored
+    for a, b in zip(fast[:2], slow[:2]):
+        np.testing.assert_array_equal(a[[0, 1, 2, 4]], b[[0, 1, 2, 4]])
