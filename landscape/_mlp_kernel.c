@@ -789,84 +789,55 @@ int mlpk_eval(void *h, long K, const double *w, double *E, double *G, int nthrea
 
 /* ------------------------------------------------------------------ L-BFGS two-loop */
 
-/* The (s, y) pairs are stored in IEEE half precision, each pair row divided by its own scale
- * (its largest |component|), so it fills [-1, 1]: the two-loop recursion reads them all twice
- * an iteration and waits on memory. Conversions: F16C instructions where the target has them,
- * the compiler's _Float16 otherwise (a compiler with neither cannot build this file). */
-#if defined(__F16C__)
+/* The (s, y) pairs are stored as 8-bit integers, each pair row as round(127 v / max|v|) with its
+ * scale max|v| / 127 kept in double: the two-loop recursion reads every pair twice an
+ * iteration and waits on memory. Loads widen with the x86 instructions where the target has
+ * them (GCC 12 turns a generic int8 -> double vector conversion into scalar code). */
+typedef int8_t vb __attribute__((vector_size(VL)));
+typedef int8_t vbu __attribute__((vector_size(VL), aligned(1)));
+#if VL == 8
 #include <immintrin.h>
-INLINE double h2d(uint16_t h) { return (double)_cvtsh_ss(h); }
-INLINE uint16_t d2h(double x) { return (uint16_t)_cvtss_sh((float)x, _MM_FROUND_TO_NEAREST_INT); }
-#else
-INLINE double h2d(uint16_t h)
+INLINE vd vloadb(const int8_t *p) { return (vd)_mm512_cvtepi32_pd(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))); }
+#elif VL == 4 && defined(__SSE4_1__)
+#include <immintrin.h>
+INLINE vd vloadb(const int8_t *p)
 {
-    _Float16 f;
-    memcpy(&f, &h, 2);
-    return (double)f;
-}
-INLINE uint16_t d2h(double x)
-{
-    const _Float16 f = (_Float16)(float)x;
-    uint16_t h;
-    memcpy(&h, &f, 2);
-    return h;
-}
-#endif
-
-#if defined(__F16C__) && VL == 8
-INLINE vd vloadh(const uint16_t *p)
-{
-    return (vd)_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)));
-}
-#elif defined(__F16C__) && VL == 4
-INLINE vd vloadh(const uint16_t *p) { return (vd)_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p))); }
-#else
-INLINE vd vloadh(const uint16_t *p)
-{
-    vd v;
-    for (int j = 0; j < VL; j++) v[j] = h2d(p[j]);
-    return v;
-}
-#endif
-
-#if defined(__F16C__) && VL == 8
-INLINE void vstoreh(uint16_t *p, vd v)
-{
-    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(_mm512_cvtpd_ps((__m512d)v), _MM_FROUND_TO_NEAREST_INT));
-}
-#elif defined(__F16C__) && VL == 4
-INLINE void vstoreh(uint16_t *p, vd v)
-{
-    _mm_storel_epi64((__m128i *)p, _mm_cvtps_ph(_mm256_cvtpd_ps((__m256d)v), _MM_FROUND_TO_NEAREST_INT));
+    int32_t w;
+    memcpy(&w, p, 4);
+    return (vd)_mm256_cvtepi32_pd(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(w)));
 }
 #else
-INLINE void vstoreh(uint16_t *p, vd v)
-{
-    for (int j = 0; j < VL; j++) p[j] = d2h(v[j]);
-}
+INLINE vd vloadb(const int8_t *p) { return __builtin_convertvector(*(const vbu *)p, vd); }
 #endif
-
-INLINE double dot(const uint16_t *a, const double *b, long P)
+/* v (|v| <= 127.5) rounded to the nearest integer, ties to even (the 1.5 * 2^52 shift), stored */
+INLINE void vstoreb(int8_t *p, vd v)
 {
-    /* a half row against a double vector, in double: two vector accumulators, a scalar
+    const vd shift = vset1(6755399441055744.0);
+    *(vbu *)p = __builtin_convertvector(__builtin_convertvector((v + shift) - shift, vl), vb);
+}
+INLINE int8_t roundb(double v) { return (int8_t)((v + 6755399441055744.0) - 6755399441055744.0); }
+
+INLINE double dot(const int8_t *a, const double *b, long P)
+{
+    /* an 8-bit row against a double vector, in double: two vector accumulators, a scalar
      * tail, a fixed order */
     vd s0 = vset1(0.0), s1 = vset1(0.0);
     long p = 0;
     for (; p + 2 * VL <= P; p += 2 * VL) {
-        s0 += vloadh(a + p) * vloadu(b + p);
-        s1 += vloadh(a + p + VL) * vloadu(b + p + VL);
+        s0 += vloadb(a + p) * vloadu(b + p);
+        s1 += vloadb(a + p + VL) * vloadu(b + p + VL);
     }
     double t = hsum(s0 + s1);
-    for (; p < P; p++) t += h2d(a[p]) * b[p];
+    for (; p < P; p++) t += a[p] * b[p];
     return t;
 }
 
-INLINE void axpy(double *y, double a, const uint16_t *x, long P)
+INLINE void axpy(double *y, double a, const int8_t *x, long P)
 {
     const vd va = vset1(a);
     long p = 0;
-    for (; p + VL <= P; p += VL) *(vdu *)(y + p) = vloadu(y + p) + va * vloadh(x + p);
-    for (; p < P; p++) y[p] += a * h2d(x[p]);
+    for (; p + VL <= P; p += VL) *(vdu *)(y + p) = vloadu(y + p) + va * vloadb(x + p);
+    for (; p < P; p++) y[p] += a * x[p];
 }
 
 typedef struct {
@@ -874,7 +845,7 @@ typedef struct {
     int npairs;
     const int *order;
     const long *rows;
-    const uint16_t *S, *Y;
+    const int8_t *S, *Y;
     const double *s_scale, *y_scale, *rho, *gamma, *g;
     double *d;
 } lbfgs_args_t;
@@ -886,7 +857,7 @@ static void lbfgs_item(const job_t *jb, long i, int tid)
     (void)tid;
     const lbfgs_args_t *a = jb->args;
     const long P = a->P, ld = a->ld, k = a->rows[i];
-    const uint16_t *S = a->S, *Y = a->Y;
+    const int8_t *S = a->S, *Y = a->Y;
     const double *rho = a->rho, *ss = a->s_scale, *ys = a->y_scale;
     double alpha[64];
     double *q = a->d + i * P;
@@ -910,13 +881,13 @@ static void lbfgs_item(const job_t *jb, long i, int tid)
 }
 
 /* d = -H g by the L-BFGS two-loop recursion for n problems, one problem per item on up to
- * nthreads threads (the result does not depend on it). S and Y are half rings of shape (M, ld, P):
+ * nthreads threads (the result does not depend on it). S and Y are int8 rings of shape (M, ld, P):
  * pair j of problem k starts at (j * ld + k) * P and stands for s_scale[j, k] S, y_scale[j, k] Y;
  * rho (M, ld) is 1 / s.y, 0 where a pair is unusable (skipped); gamma (ld) scales the initial
  * inverse Hessian. order (npairs <= 64): the ring indices to use, newest first; rows (n): the
  * problems; g (ld, P); d (n, P). */
 void lbfgs_direction(long P, long ld, int npairs, const int *order, long n, const long *rows,
-                     const uint16_t *S, const uint16_t *Y, const double *s_scale, const double *y_scale,
+                     const int8_t *S, const int8_t *Y, const double *s_scale, const double *y_scale,
                      const double *rho, const double *gamma, const double *g, double *d, int nthreads)
 {
     if (npairs > 64) npairs = 64;
@@ -930,13 +901,13 @@ typedef struct {
     long P, ld, slot;
     const long *rows;
     const double *x, *xn, *g, *gn;
-    uint16_t *S, *Y;
+    int8_t *S, *Y;
     double *s_scale, *y_scale, *out;
 } push_args_t;
 
-/* store s = xn - x and y = gn - g of problem i as ring pair `slot`, each divided by its largest
- * |component| and rounded to half; out[2i], out[2i+1] = s.y and y.y of the stored (rounded)
- * pair, NaN when s or y is not finite */
+/* store s = xn - x and y = gn - g of problem i as ring pair `slot`, each as round(127 v / max|v|)
+ * with scale max|v| / 127; out[2i], out[2i+1] = s.y and y.y of the stored (rounded) pair, NaN
+ * (and zeros stored) when s or y is not finite */
 static void push_item(const job_t *jb, long i, int tid)
 {
     (void)tid;
@@ -963,37 +934,43 @@ static void push_item(const job_t *jb, long i, int tid)
         ms = fabs(s) > ms ? fabs(s) : ms;
         my = fabs(y) > my ? fabs(y) : my;
     }
-    if (!(ms > 0.0 && ms < INFINITY)) ms = 1.0; /* zero or non-finite: unscaled */
-    if (!(my > 0.0 && my < INFINITY)) my = 1.0;
-    uint16_t *S = a->S + at * P, *Y = a->Y + at * P;
-    const vd is = vset1(1.0 / ms), iy = vset1(1.0 / my);
+    int8_t *S = a->S + at * P, *Y = a->Y + at * P;
+    if (bad != 0.0) { /* not finite: an empty pair, never used (rho = 0) */
+        memset(S, 0, (size_t)P);
+        memset(Y, 0, (size_t)P);
+        a->s_scale[at] = a->y_scale[at] = 1.0;
+        a->out[2 * i] = a->out[2 * i + 1] = NAN;
+        return;
+    }
+    if (!(ms > 1e-300)) ms = 1.0; /* a zero (or vanishing) row is stored as zeros */
+    if (!(my > 1e-300)) my = 1.0;
+    const double is = 127.0 / ms, iy = 127.0 / my;
+    const vd vis = vset1(is), viy = vset1(iy);
     vd vsy = vset1(0.0), vyy = vset1(0.0);
     for (p = 0; p + VL <= P; p += VL) {
-        vstoreh(S + p, (vloadu(xn + p) - vloadu(x + p)) * is);
-        vstoreh(Y + p, (vloadu(gn + p) - vloadu(g + p)) * iy);
-        const vd hs = vloadh(S + p), hy = vloadh(Y + p);
-        vsy += hs * hy;
-        vyy += hy * hy;
+        vstoreb(S + p, (vloadu(xn + p) - vloadu(x + p)) * vis);
+        vstoreb(Y + p, (vloadu(gn + p) - vloadu(g + p)) * viy);
+        const vd qs = vloadb(S + p), qy = vloadb(Y + p);
+        vsy += qs * qy;
+        vyy += qy * qy;
     }
     double sy = hsum(vsy), yy = hsum(vyy);
     for (; p < P; p++) {
-        S[p] = d2h((xn[p] - x[p]) * is[0]);
-        Y[p] = d2h((gn[p] - g[p]) * iy[0]);
-        const double hs = h2d(S[p]), hy = h2d(Y[p]);
-        sy += hs * hy;
-        yy += hy * hy;
+        S[p] = roundb((xn[p] - x[p]) * is);
+        Y[p] = roundb((gn[p] - g[p]) * iy);
+        sy += (double)S[p] * Y[p];
+        yy += (double)Y[p] * Y[p];
     }
-    const int finite = bad == 0.0;
-    a->s_scale[at] = ms;
-    a->y_scale[at] = my;
-    a->out[2 * i] = finite ? sy * ms * my : NAN;
-    a->out[2 * i + 1] = finite ? yy * my * my : NAN;
+    a->s_scale[at] = ms / 127.0;
+    a->y_scale[at] = my / 127.0;
+    a->out[2 * i] = sy * a->s_scale[at] * a->y_scale[at];
+    a->out[2 * i + 1] = yy * a->y_scale[at] * a->y_scale[at];
 }
 
 /* push the pairs of n problems (rows, their slots in the ring of leading dimension ld) into ring
  * position slot; x, xn, g, gn (n, P); out (n, 2): s.y and y.y of each stored pair */
 void lbfgs_push(long P, long ld, long slot, long n, const long *rows, const double *x, const double *xn,
-                const double *g, const double *gn, uint16_t *S, uint16_t *Y, double *s_scale, double *y_scale,
+                const double *g, const double *gn, int8_t *S, int8_t *Y, double *s_scale, double *y_scale,
                 double *out, int nthreads)
 {
     push_args_t a = {P, ld, slot, rows, x, xn, g, gn, S, Y, s_scale, y_scale, out};

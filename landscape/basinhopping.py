@@ -52,9 +52,9 @@ class Settings:
     new walker-best before a walker restarts from N(0, init_scale^2) weights. tol: RMS-gradient
     convergence of quenches; maxiter: their iteration cap; refine_tol: tolerance to which
     ambiguous comparisons are refined. hessian: 'full', 'lanczos', 'none' or 'auto' (full up to
-    1000 parameters). maxstep, memory: of the L-BFGS quench (memory 40 against 20, measured: 79
-    against 88 evaluations per digits quench, 100 against 141 on Iris, for ~4% more time an
-    iteration). visit_bias: exponent a of the visit-count factor (h_old / h_new)^a on the
+    1000 parameters). maxstep, memory: of the L-BFGS quench (memory 60 against 20, measured in
+    the sampler: 75 against 88 evaluations per digits quench, 91 against 141 on Iris; its pairs
+    are 8-bit, see :mod:`landscape.minimize`). visit_bias: exponent a of the visit-count factor (h_old / h_new)^a on the
     Metropolis acceptance (0: none; see the module docstring; 4 with a fixed step of 3 is the
     measured best for discovery on Iris).
     """
@@ -75,7 +75,7 @@ class Settings:
     refine_tol: float = 1e-10
     hessian: str = "auto"
     maxstep: float = 1.0
-    memory: int = 40
+    memory: int = 60
     visit_bias: float = 0.0
 
     def __post_init__(self) -> None:

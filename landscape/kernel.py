@@ -197,7 +197,7 @@ def library_path() -> Path | None:
 
 _F64 = np.dtype(np.float64)
 _F32 = np.dtype(np.float32)
-_F16 = np.dtype(np.float16)
+_I8 = np.dtype(np.int8)
 
 
 def _is_torch(x: Any) -> bool:
@@ -264,15 +264,15 @@ def lbfgs_direction(S: np.ndarray, Y: np.ndarray, s_scale: np.ndarray, y_scale: 
     """-H g by the L-BFGS two-loop recursion for problems ``rows`` (n,), compiled, on up to
     ``threads`` threads of the kernel's pool (one problem per task; the result does not depend on it).
 
-    S, Y: (M, ld, P) float16 rings of steps and gradient changes, each pair row divided by its
-    scale in s_scale, y_scale (M, ld) (as :func:`lbfgs_push` stores them); rho (M, ld): 1 / s.y,
+    S, Y: (M, ld, P) int8 rings of steps and gradient changes, pair row j of problem k standing
+    for s_scale[j, k] S[j, k] (and y_scale, Y alike; as :func:`lbfgs_push` stores them); rho (M, ld): 1 / s.y,
     0 for an unusable pair (skipped); gamma (ld): initial inverse-Hessian scale; g (ld, P); order:
     the ring indices to use, newest first (at most LBFGS_MAX_PAIRS). The rest float64; all
     C-contiguous. Returns d (n, P). Call only when :func:`available`."""
     M, ld, P = S.shape
     if len(order) > LBFGS_MAX_PAIRS:
         raise ValueError(f"at most {LBFGS_MAX_PAIRS} pairs, got {len(order)}")
-    _check_arrays(("S", S, (M, ld, P), _F16), ("Y", Y, (M, ld, P), _F16), ("s_scale", s_scale, (M, ld), _F64),
+    _check_arrays(("S", S, (M, ld, P), _I8), ("Y", Y, (M, ld, P), _I8), ("s_scale", s_scale, (M, ld), _F64),
                   ("y_scale", y_scale, (M, ld), _F64), ("rho", rho, (M, ld), _F64),
                   ("gamma", gamma, (ld,), _F64), ("g", g, (ld, P), _F64))
     rows = _rows(rows, ld)
@@ -289,13 +289,13 @@ def lbfgs_direction(S: np.ndarray, Y: np.ndarray, s_scale: np.ndarray, y_scale: 
 def lbfgs_push(S: np.ndarray, Y: np.ndarray, s_scale: np.ndarray, y_scale: np.ndarray, slot: int, rows: np.ndarray,
                x: np.ndarray, xn: np.ndarray, g: np.ndarray, gn: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Store the pairs s = xn - x, y = gn - g of problems ``rows`` (n,) at ring position ``slot``
-    of S, Y (M, ld, P) float16: each row divided by its largest |component| (kept in s_scale,
-    y_scale (M, ld)) and rounded to the nearest half. x, xn, g, gn: (n, P) float64, C-contiguous.
-    Returns s.y and y.y (n,) of the stored pairs, as the two-loop recursion sees them (NaN where
+    of S, Y (M, ld, P) int8: each row v as round(127 v / max|v|), its scale max|v| / 127 in
+    s_scale, y_scale (M, ld). x, xn, g, gn: (n, P) float64, C-contiguous. Returns s.y and y.y
+    (n,) of the stored pairs, as the two-loop recursion sees them (NaN, and zeros stored, where
     s or y is not finite)."""
     M, ld, P = S.shape
     n = len(rows)
-    _check_arrays(("S", S, (M, ld, P), _F16), ("Y", Y, (M, ld, P), _F16), ("s_scale", s_scale, (M, ld), _F64),
+    _check_arrays(("S", S, (M, ld, P), _I8), ("Y", Y, (M, ld, P), _I8), ("s_scale", s_scale, (M, ld), _F64),
                   ("y_scale", y_scale, (M, ld), _F64), ("x", x, (n, P), _F64), ("xn", xn, (n, P), _F64),
                   ("g", g, (n, P), _F64), ("gn", gn, (n, P), _F64))
     if not 0 <= slot < M:

@@ -144,13 +144,13 @@ def test_visit_bias_spreads_walkers_over_rarely_found_minima(tmp_path):
     out = {}
     for bias in (0.0, 4.0):
         path = str(tmp_path / f"b{bias}.h5")
-        s = landscape.Settings(walkers=16, temperature=0.01, step=3.0, adaptive=False, visit_bias=bias)
-        landscape.sample(problem, path, s, steps=15, seed=0, progress=False)
+        s = landscape.Settings(walkers=32, temperature=0.01, step=3.0, adaptive=False, visit_bias=bias)
+        landscape.sample(problem, path, s, steps=20, seed=0, progress=False)
         with Database(path) as db:
             hits, minimum = db.minima().hits, db.walker_state(0)["minimum"]
         assert np.all((minimum >= 0) & (minimum < len(hits)))
         out[bias] = hits.max() / hits.sum(), len(hits)
-    assert out[4.0][0] < 0.8 * out[0.0][0]
+    assert out[4.0][0] < 0.85 * out[0.0][0]  # seeds 0-3: 0.72-0.77 (16 walkers x 15 steps: 0.75-0.94)
     assert out[4.0][1] > out[0.0][1]
 
 
