@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
-from . import hessian
+from . import allocator, hessian
 from .database import Database
 from .energy import Energy
 from .identify import MinimaIndex, Point
@@ -161,12 +161,14 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
 
     Stops after ``steps`` basin-hopping steps per walker or ``minutes`` of wall time (whichever
     comes first; one is required). ``resume`` continues the walkers of the file's last run.
+    Sets the process's allocator to keep freed memory (:mod:`landscape.allocator`).
     """
     if steps is None and minutes is None:
         raise ValueError("give a budget: steps (per walker) or minutes")
     if steps is not None and steps < 1 or minutes is not None and not minutes > 0:
         raise ValueError("steps must be >= 1 and minutes > 0")
     torch.set_num_threads(threads)
+    allocator.keep_freed_memory()
     with Database(path, problem, mode="a") as db:
         return _Sampler(db, problem, settings, steps, minutes, seed, resume, threads, progress, command).run()
 

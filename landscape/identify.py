@@ -33,7 +33,12 @@ Candidates. Stored minima are sorted by energy, and a lookup considers only thos
 energy window. Where the window holds many (digits at RMS 1e-6: e_tol spans every minimum),
 cheap lower bounds on the aligned distance come first, over all candidates at once (the
 assignment bound of the first layer, in float32 with its rounding taken off, keeps ~7%), and a
-walker's bounds are reused from its previous query by the triangle inequality.
+walker's bounds are reused from its previous query by the triangle inequality. Wide unit rows
+(m > 2 PROJECTION_DIM) are first bounded in a PROJECTION_DIM-dimensional projection: an
+orthonormal projection shortens every difference, so the assignment bound of the projected rows
+is a lower bound too, at a fraction of the cost; only candidates it cannot exclude get the
+full bound (digits, rows of 75: the 24 leading principal directions of the first stored minima's
+unit rows exclude 91% of the candidates, the full bound 95%). Verdicts do not depend on it.
 
 Alignment. ``align(ref, x)`` maps ``x`` by symmetries onto the image closest to ``ref``: layer
 by layer, an assignment problem (Hungarian method, :func:`scipy.optimize.linear_sum_assignment`)
@@ -202,8 +207,10 @@ class Point:
 @dataclass(frozen=True)
 class Match:
     """Outcome of :meth:`MinimaIndex.match`: ``same`` is the id of the stored minimum the point is,
-    or None; ``ambiguous`` lists ids too close to call at the present convergence; ``aligned``
-    is the point's coordinates mapped onto the symmetry image of ``same`` (None without one)."""
+    or None; ``ambiguous`` lists ids too close to call at the present convergence; ``distance``
+    the aligned distance to ``same`` (without one: to the nearest candidate aligned, or a lower
+    bound on it); ``aligned`` the point's coordinates mapped onto the symmetry image of ``same``
+    (None without one)."""
 
     same: int | None
     ambiguous: tuple[int, ...]
@@ -238,6 +245,8 @@ def _tolerances(a: Point, gnorm: np.ndarray, curvature: np.ndarray, fallback: fl
 NEWTON_KAPPA = 0.1
 TRACK_MIN = 64
 NEWTON_STEP = 1e-7
+PROJECTION_DIM = 24
+PROJECTION_FROM = 64  # stored minima whose unit rows define the projection
 
 
 class MinimaIndex:
@@ -266,6 +275,9 @@ class MinimaIndex:
         self._sig = np.zeros((0, sum(len(g.incoming) for g in groups)))
         self._rows: np.ndarray | None = None  # float32, for the bounds only
         self._rows_sq = np.zeros((0, len(groups[0].incoming) if groups else 0))
+        self._basis: np.ndarray | None = None  # (m, PROJECTION_DIM) orthonormal columns, once fixed
+        self._prows: np.ndarray | None = None  # float32, the rows projected on the basis
+        self._prows_sq = np.zeros_like(self._rows_sq)
         self._bounds = np.cumsum([0] + [len(g.incoming) for g in groups])
         self._tracks: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # track -> (last query, bounds per id)
 
@@ -286,18 +298,36 @@ class MinimaIndex:
         rows = _unit_rows(p.x, self.groups[0], len(self.groups) == 1) if self.groups else np.zeros((0, 0))
         if self._rows is None:
             self._rows = np.zeros((0, *rows.shape), np.float32)
+            self._prows = np.zeros((0, rows.shape[0], PROJECTION_DIM), np.float32)
         if id_ >= len(self._E):
             grow = max(id_ + 1, 2 * len(self._E), 16) - len(self._E)
-            for name in ("_E", "_g", "_c", "_sig", "_rows", "_rows_sq"):
+            for name in ("_E", "_g", "_c", "_sig", "_rows", "_rows_sq", "_prows", "_prows_sq"):
                 a = getattr(self, name)
                 setattr(self, name, np.concatenate([a, np.zeros((grow, *a.shape[1:]), a.dtype)]))
         self._E[id_], self._g[id_], self._c[id_] = p.energy, p.gnorm, p.curvature
         self._sig[id_] = np.concatenate(self._signature(p.x)) if self.groups else []
         self._rows[id_] = rows
         self._rows_sq[id_] = (rows * rows).sum(-1)
+        if self._basis is not None:
+            self._project(np.array([id_]))
+        elif rows.shape[-1] > 2 * PROJECTION_DIM and len(self.points) >= PROJECTION_FROM:
+            self._start_projection()
         self._max_g = max(self._max_g, p.gnorm)
         if p.curvature > 0:
             self._min_curv = min(self._min_curv, p.curvature)
+
+    def _start_projection(self) -> None:
+        """Fix the projection: the leading right singular vectors of the stored unit rows."""
+        ids = np.array(sorted(self.points))
+        flat = self._rows[ids].reshape(-1, self._rows.shape[-1]).astype(np.float64)
+        self._basis = np.linalg.svd(flat, full_matrices=False)[2][:PROJECTION_DIM].T.copy()
+        self._project(ids)
+
+    def _project(self, ids: np.ndarray) -> None:
+        """Projected unit rows of the stored minima ``ids``."""
+        proj = self._rows[ids].astype(np.float64) @ self._basis
+        self._prows[ids] = proj
+        self._prows_sq[ids] = (proj * proj).sum(-1)
 
     def remove(self, id_: int) -> None:
         p = self.points.pop(id_)
@@ -321,17 +351,26 @@ class MinimaIndex:
         (unit blocks of a group are disjoint; sorting solves the matching of norms)."""
         return [np.sort(np.sqrt((x[g.incoming] ** 2).sum(1) + (x[g.outgoing] ** 2).sum(1))) for g in self.groups]
 
-    def _lower_bounds(self, p: Point, ids: np.ndarray) -> np.ndarray:
+    def _lower_bounds(self, p: Point, ids: np.ndarray, reach: np.ndarray) -> np.ndarray:
         """Lower bounds on the aligned distance from ``p`` to each stored minimum ``ids``: sorted
-        unit norms per group, and the first group's assignment bound."""
+        unit norms per group, and the first group's assignment bound (of the projected rows first,
+        where a projection is fixed; the full rows only where that bound is within ``reach``)."""
         if not self.groups:
             return np.zeros(len(ids))
         diff = self._sig[ids] - np.concatenate(self._signature(p.x))
         per_group = np.stack([np.sqrt((diff[:, a:b] ** 2).sum(1)) for a, b in zip(self._bounds[:-1], self._bounds[1:])])
+        bound = per_group.max(0)
         g0 = self.groups[0]
         rows = _unit_rows(p.x, g0, len(self.groups) == 1)
-        assign = _assignment_bound(self._rows, self._rows_sq, ids, rows, g0.odd, threads=self.threads)
-        return np.maximum(per_group.max(0), np.sqrt(assign))
+        todo = np.arange(len(ids))
+        if self._basis is not None:
+            projected = _assignment_bound(self._prows, self._prows_sq, ids, rows @ self._basis, g0.odd,
+                                          threads=self.threads)
+            bound = np.maximum(bound, np.sqrt(projected))
+            todo = np.flatnonzero(bound <= reach)
+        assign = _assignment_bound(self._rows, self._rows_sq, ids[todo], rows, g0.odd, threads=self.threads)
+        bound[todo] = np.maximum(bound[todo], np.sqrt(assign))
+        return bound
 
     def match(self, p: Point, ambiguity: bool = True, track: int | None = None) -> Match:
         """Which stored minimum ``p`` is, if any (see the module docstring for the rule).
@@ -364,7 +403,7 @@ class MinimaIndex:
             reused[:len(known)] = known - distance(prev, p.x, self.groups)
             bound = reused[ids]
             fresh = bound <= factor * d_tol
-        bound[fresh] = self._lower_bounds(p, ids[fresh])
+        bound[fresh] = self._lower_bounds(p, ids[fresh], factor * d_tol[fresh])
         if track is not None:
             if track not in self._tracks:
                 reused = np.zeros(len(self._E))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import landscape
-from landscape import identify, kernel
+from landscape import allocator, identify, kernel
 from landscape.database import Database
 
 SETTINGS = landscape.Settings(walkers=8, temperature=0.01, step=1.0)
@@ -236,6 +236,44 @@ def test_tracked_queries_give_the_same_verdicts(sampled, problem, monkeypatch):
             assert b.same == i
 
 
+def test_projected_bounds_give_the_same_verdicts(monkeypatch):
+    """Bounding wide unit rows in a projection first (digits 64-32-10: rows of 75) excludes
+    candidates only where the full bound would, so verdicts (and the distance of a match) are those
+    without it, and the bounds stay below the aligned distances."""
+    model = landscape.Problem.create("digits", hidden=(32,), lam=1e-4, test_fraction=0.0).model
+    groups = model.unit_groups()
+    rng = np.random.default_rng(5)
+    bases = rng.normal(size=(8, model.n_params))
+    stored = [identify.random_image(bases[i % 8], groups, rng) + rng.normal(scale=0.05 * (i // 8), size=model.n_params)
+              for i in range(2 * identify.PROJECTION_FROM)]
+    gnorm = 4e-5  # with curvature 2e-4: distance tolerance ~4
+    indexes = {}
+    for projected in (True, False):
+        monkeypatch.setattr(identify, "PROJECTION_FROM", identify.PROJECTION_FROM if projected else 10 ** 9)
+        index = identify.MinimaIndex(groups, 2e-4)
+        for i, x in enumerate(stored):
+            index.add(i, identify.Point(0.5, x, gnorm))
+        indexes[projected] = index
+    assert indexes[True]._basis is not None and indexes[False]._basis is None
+    excluded = 0
+    for k in range(12):
+        x = identify.random_image(bases[k % 8], groups, rng) + rng.normal(scale=[0.0, 0.1, 1.0][k % 3], size=model.n_params)
+        p = identify.Point(0.5, x, gnorm)
+        a, b = (indexes[t].match(p) for t in (True, False))
+        assert (a.same, a.ambiguous) == (b.same, b.ambiguous)
+        if a.same is not None:
+            assert a.distance == pytest.approx(b.distance, rel=1e-12)
+        ids = np.arange(len(stored))
+        bounds = indexes[True]._lower_bounds(p, ids, np.full(len(ids), np.inf))
+        exact = np.array([identify.distance(q, x, groups) for q in stored])
+        assert np.all(bounds <= exact * (1 + 1e-9))
+        index, rows = indexes[True], identify._unit_rows(x, groups[0], True)
+        projected = np.sqrt(identify._assignment_bound(index._prows, index._prows_sq, ids, rows @ index._basis, True))
+        excluded += int((projected > 4.0).sum())
+    assert excluded > 0  # the projection did exclude candidates
+    assert any(indexes[True].match(identify.Point(0.5, x, gnorm)).same is not None for x in stored[:8])
+
+
 def test_newton_test_with_known_gradients(problem):
     """With the stored minimum's gradient known, quench endpoints of one minimum pass the energy
     (trapezoid) and Newton tests; an endpoint with a gradient its curvature cannot produce, or
@@ -285,3 +323,8 @@ def test_a_torn_row_left_by_a_killed_writer_is_not_a_minimum(sampled, problem, t
         assert i == len(before)
         m = db.minima()
     assert len(m) == len(before) + 1 and m.energy[-1] == 1.0 and m.coords.shape[0] == len(m)
+
+
+def test_allocator_settings_are_taken_where_the_c_library_is_glibc():
+    import platform
+    assert allocator.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
