@@ -14,14 +14,16 @@ Cases:
   digits      fixed step 0.3, T = 0.01: the same, ours once as pele works (stored at RMS 1e-6, no
               Hessian check) and once fully checked (refined to 1e-10, Lanczos eigenvalues).
   discovery   the peers adapt their steps (from 1.0); ours runs its discovery setting (fixed step
-              3, quench step cap 0.3, visit bias 4: measured best, see the README). Every minimum
+              3, quench step cap 0.3, quench memory 20, visit bias 4: measured best, see the README
+              and runs/iris_discovery.toml). Every minimum
               found by any tool is refined to RMS 1e-10 and matched under the network's
               symmetries; reports how many distinct minima each found, and whether ours, given a
               third of the peer's time, found every minimum the peer found.
 
 usage: OMP_NUM_THREADS=1 python benchmarks/sampling.py [--case throughput|discovery|digits|all]
        [--seconds 60] [--walkers 256] [--peer-energy numpy|kernel] [--discovery-step 3.0]
-       [--discovery-maxstep 0.3] [--discovery-visit-bias 4.0] [--discovery-adaptive] [--repeats 1]
+       [--discovery-maxstep 0.3] [--discovery-memory 20] [--discovery-visit-bias 4.0] [--discovery-adaptive]
+       [--repeats 1]
 """
 from __future__ import annotations
 
@@ -197,6 +199,8 @@ def main() -> None:
                     help="our step in the discovery case (the peers start at 1.0 and adapt)")
     ap.add_argument("--discovery-maxstep", type=float, default=0.3,
                     help="our quench's step cap in the discovery case (smaller: closer to steepest-descent basins)")
+    ap.add_argument("--discovery-memory", type=int, default=20,
+                    help="our quench's L-BFGS memory in the discovery case (longer: quenches cross basins)")
     ap.add_argument("--discovery-visit-bias", type=float, default=4.0,
                     help="our visit bias in the discovery case (0: plain Metropolis)")
     ap.add_argument("--repeats", type=int, default=1,
@@ -221,7 +225,8 @@ def main() -> None:
         print("# discovery: Iris 4-5-3, T 0.01, peers' steps adaptive from 1.0 (pele: 78-90 stored minima, "
               "68-72 after clustering energies at 1e-5)")
         s = landscape.Settings(walkers=a.walkers, step=a.discovery_step, adaptive=a.discovery_adaptive,
-                               temperature=0.01, maxstep=a.discovery_maxstep, visit_bias=a.discovery_visit_bias)
+                               temperature=0.01, maxstep=a.discovery_maxstep, memory=a.discovery_memory,
+                               visit_bias=a.discovery_visit_bias)
         full = ours(problem, s, a.seconds)
         thirds = {threads: [ours(problem, s, a.seconds / 3, threads=threads, seed=seed) for seed in range(a.repeats)]
                   for threads in (1, 2)}

@@ -797,7 +797,10 @@ typedef int8_t vb __attribute__((vector_size(VL)));
 typedef int8_t vbu __attribute__((vector_size(VL), aligned(1)));
 #if VL == 8
 #include <immintrin.h>
-INLINE vd vloadb(const int8_t *p) { return (vd)_mm512_cvtepi32_pd(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))); }
+INLINE vd vloadb(const int8_t *p)
+{
+    return (vd)_mm512_cvtepi32_pd(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
 #elif VL == 4 && defined(__SSE4_1__)
 #include <immintrin.h>
 INLINE vd vloadb(const int8_t *p)

@@ -54,9 +54,9 @@ class Settings:
     ambiguous comparisons are refined. hessian: 'full', 'lanczos', 'none' or 'auto' (full up to
     1000 parameters). maxstep, memory: of the L-BFGS quench (memory 60 against 20, measured in
     the sampler: 75 against 88 evaluations per digits quench, 91 against 141 on Iris; its pairs
-    are 8-bit, see :mod:`landscape.minimize`). visit_bias: exponent a of the visit-count factor (h_old / h_new)^a on the
-    Metropolis acceptance (0: none; see the module docstring; 4 with a fixed step of 3 is the
-    measured best for discovery on Iris).
+    are 8-bit, see :mod:`landscape.minimize`). visit_bias: exponent a of the visit-count factor
+    (h_old / h_new)^a on the Metropolis acceptance (0: none; see the module docstring; 4 with a
+    fixed step of 3 is the measured best for discovery on Iris).
     """
 
     walkers: int = 32

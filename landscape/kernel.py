@@ -1,7 +1,7 @@
 """Compiled energy + gradient of batched MLP losses (float64), from ``_mlp_kernel.c``; the same
 library holds the L-BFGS two-loop recursion (:func:`lbfgs_direction`, :func:`lbfgs_push`) that
-:mod:`landscape.minimize` uses for any energy, and the assignment bound (:func:`assignment_bound`) with which
-:mod:`landscape.identify` prunes candidates.
+:mod:`landscape.minimize` uses for any energy, and the assignment bound (:func:`assignment_bound`)
+with which :mod:`landscape.identify` prunes candidates.
 
 E(w) = mean over the N samples of the softmax cross-entropy of the logits against the labels
 y, plus ``lam * ||w||^2`` (all parameters, biases included), and its gradient, for K parameter
@@ -265,10 +265,10 @@ def lbfgs_direction(S: np.ndarray, Y: np.ndarray, s_scale: np.ndarray, y_scale: 
     ``threads`` threads of the kernel's pool (one problem per task; the result does not depend on it).
 
     S, Y: (M, ld, P) int8 rings of steps and gradient changes, pair row j of problem k standing
-    for s_scale[j, k] S[j, k] (and y_scale, Y alike; as :func:`lbfgs_push` stores them); rho (M, ld): 1 / s.y,
-    0 for an unusable pair (skipped); gamma (ld): initial inverse-Hessian scale; g (ld, P); order:
-    the ring indices to use, newest first (at most LBFGS_MAX_PAIRS). The rest float64; all
-    C-contiguous. Returns d (n, P). Call only when :func:`available`."""
+    for s_scale[j, k] S[j, k] (and y_scale, Y alike; as :func:`lbfgs_push` stores them); rho
+    (M, ld): 1 / s.y, 0 for an unusable pair (skipped); gamma (ld): initial inverse-Hessian
+    scale; g (ld, P); order: the ring indices to use, newest first (at most LBFGS_MAX_PAIRS). The
+    rest float64; all C-contiguous. Returns d (n, P). Call only when :func:`available`."""
     M, ld, P = S.shape
     if len(order) > LBFGS_MAX_PAIRS:
         raise ValueError(f"at most {LBFGS_MAX_PAIRS} pairs, got {len(order)}")
@@ -286,8 +286,9 @@ def lbfgs_direction(S: np.ndarray, Y: np.ndarray, s_scale: np.ndarray, y_scale: 
     return d
 
 
-def lbfgs_push(S: np.ndarray, Y: np.ndarray, s_scale: np.ndarray, y_scale: np.ndarray, slot: int, rows: np.ndarray,
-               x: np.ndarray, xn: np.ndarray, g: np.ndarray, gn: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def lbfgs_push(S: np.ndarray, Y: np.ndarray, s_scale: np.ndarray, y_scale: np.ndarray, slot: int,
+               rows: np.ndarray, x: np.ndarray, xn: np.ndarray, g: np.ndarray, gn: np.ndarray,
+               threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Store the pairs s = xn - x, y = gn - g of problems ``rows`` (n,) at ring position ``slot``
     of S, Y (M, ld, P) int8: each row v as round(127 v / max|v|), its scale max|v| / 127 in
     s_scale, y_scale (M, ld). x, xn, g, gn: (n, P) float64, C-contiguous. Returns s.y and y.y

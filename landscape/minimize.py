@@ -152,8 +152,8 @@ class LBFGS:
         order = [(self.head - i) % self.M for i in range(min(self.M, self.pushes))]
         if self.compiled:
             rows = np.arange(len(self.active)) if isinstance(sel, slice) else sel
-            return kernel.lbfgs_direction(self.S, self.Y, self.s_scale, self.y_scale, self.rho, self.gamma, self.g,
-                                          order, rows, self.threads)
+            return kernel.lbfgs_direction(self.S, self.Y, self.s_scale, self.y_scale, self.rho, self.gamma,
+                                          self.g, order, rows, self.threads)
         q = self.g[sel].copy()
         rho = self.rho[:, sel]
         alpha = np.zeros((self.M, len(q)))
@@ -180,8 +180,8 @@ class LBFGS:
         """Store the pairs (xn - x, gn - g) of slots ``idx`` at ring position ``h`` (see the module
         docstring); returns s.y and y.y of the stored pairs (NaN, and zeros stored, where not finite)."""
         if self.compiled:
-            return kernel.lbfgs_push(self.S, self.Y, self.s_scale, self.y_scale, h, idx, np.ascontiguousarray(x),
-                                     np.ascontiguousarray(xn), np.ascontiguousarray(g), np.ascontiguousarray(gn),
+            c = np.ascontiguousarray
+            return kernel.lbfgs_push(self.S, self.Y, self.s_scale, self.y_scale, h, idx, c(x), c(xn), c(g), c(gn),
                                      self.threads)
         with np.errstate(invalid="ignore"):  # inf - inf
             s, y = xn - x, gn - g

@@ -122,7 +122,8 @@ def test_pairs_stored_in_eight_bits(P):
     rng = np.random.default_rng(P)
     K, M = 5, 3
     x, g = rng.normal(size=(2, K, P))
-    xn, gn = x + 10.0 ** rng.uniform(-9, 1, (K, 1)) * rng.normal(size=(K, P)), g + 1e-3 * rng.normal(size=(K, P))
+    xn = x + 10.0 ** rng.uniform(-9, 1, (K, 1)) * rng.normal(size=(K, P))  # steps of 1e-9 to 10
+    gn = g + 1e-3 * rng.normal(size=(K, P))
     gn[3, 7] = np.inf
     rows = np.array([4, 0, 2, 1, 3])
     fine = np.array([True, True, True, False, True])

@@ -244,7 +244,8 @@ def test_projected_bounds_give_the_same_verdicts(monkeypatch):
     groups = model.unit_groups()
     rng = np.random.default_rng(5)
     bases = rng.normal(size=(8, model.n_params))
-    stored = [identify.random_image(bases[i % 8], groups, rng) + rng.normal(scale=0.05 * (i // 8), size=model.n_params)
+    P = model.n_params
+    stored = [identify.random_image(bases[i % 8], groups, rng) + rng.normal(scale=0.05 * (i // 8), size=P)
               for i in range(2 * identify.PROJECTION_FROM)]
     gnorm = 4e-5  # with curvature 2e-4: distance tolerance ~4
     indexes = {}
@@ -257,7 +258,7 @@ def test_projected_bounds_give_the_same_verdicts(monkeypatch):
     assert indexes[True]._basis is not None and indexes[False]._basis is None
     excluded = 0
     for k in range(12):
-        x = identify.random_image(bases[k % 8], groups, rng) + rng.normal(scale=[0.0, 0.1, 1.0][k % 3], size=model.n_params)
+        x = identify.random_image(bases[k % 8], groups, rng) + rng.normal(scale=[0.0, 0.1, 1.0][k % 3], size=P)
         p = identify.Point(0.5, x, gnorm)
         a, b = (indexes[t].match(p) for t in (True, False))
         assert (a.same, a.ambiguous) == (b.same, b.ambiguous)
@@ -268,8 +269,8 @@ def test_projected_bounds_give_the_same_verdicts(monkeypatch):
         exact = np.array([identify.distance(q, x, groups) for q in stored])
         assert np.all(bounds <= exact * (1 + 1e-9))
         index, rows = indexes[True], identify._unit_rows(x, groups[0], True)
-        projected = np.sqrt(identify._assignment_bound(index._prows, index._prows_sq, ids, rows @ index._basis, True))
-        excluded += int((projected > 4.0).sum())
+        projected = identify._assignment_bound(index._prows, index._prows_sq, ids, rows @ index._basis, True)
+        excluded += int((np.sqrt(projected) > 4.0).sum())
     assert excluded > 0  # the projection did exclude candidates
     assert any(indexes[True].match(identify.Point(0.5, x, gnorm)).same is not None for x in stored[:8])
 
