@@ -241,10 +241,9 @@ def test_projected_bounds_give_the_same_verdicts(monkeypatch):
     candidates only where the full bound would, so verdicts (and the distance of a match) are those
     without it, and the bounds stay below the aligned distances."""
     model = landscape.Problem.create("digits", hidden=(32,), lam=1e-4, test_fraction=0.0).model
-    groups = model.unit_groups()
+    groups, P = model.unit_groups(), model.n_params
     rng = np.random.default_rng(5)
-    bases = rng.normal(size=(8, model.n_params))
-    P = model.n_params
+    bases = rng.normal(size=(8, P))
     stored = [identify.random_image(bases[i % 8], groups, rng) + rng.normal(scale=0.05 * (i // 8), size=P)
               for i in range(2 * identify.PROJECTION_FROM)]
     gnorm = 4e-5  # with curvature 2e-4: distance tolerance ~4
