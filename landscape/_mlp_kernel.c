@@ -822,13 +822,17 @@ INLINE int8_t roundb(double v) { return (int8_t)((v + 6755399441055744.0) - 6755
 
 INLINE double dot(const int8_t *a, const double *b, long P)
 {
-    /* an 8-bit row against a double vector, in double: two vector accumulators, a scalar
-     * tail, a fixed order */
+    /* an 8-bit row against a double vector, in double: two vector accumulators, one more
+     * vector and a scalar tail, a fixed order */
     vd s0 = vset1(0.0), s1 = vset1(0.0);
     long p = 0;
     for (; p + 2 * VL <= P; p += 2 * VL) {
         s0 += vloadb(a + p) * vloadu(b + p);
         s1 += vloadb(a + p + VL) * vloadu(b + p + VL);
+    }
+    if (p + VL <= P) {
+        s0 += vloadb(a + p) * vloadu(b + p);
+        p += VL;
     }
     double t = hsum(s0 + s1);
     for (; p < P; p++) t += a[p] * b[p];
