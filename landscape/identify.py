@@ -436,9 +436,9 @@ class MinimaIndex:
         """For each stored minimum q in ``qs``: is ``p`` where q's quadratic model puts it?
 
         With delta = x_p - x_q (``images`` (n, P): x_p aligned onto each q by ``moves``, which
-        carry its gradient g_p alike; ``deltas`` (n, P) and their ``norms`` (n,)) and H delta a forward difference of gradients from p,
-        |delta| (g_p - g(x_p - NEWTON_STEP delta / |delta|)) / NEWTON_STEP (all candidates in one
-        ``energy_gradient`` call; rounding ~1e-16 |delta| / NEWTON_STEP, third-derivative error
+        carry its gradient g_p alike; ``deltas`` (n, P) and their ``norms`` (n,)) and H delta a
+        forward difference of gradients from p, |delta| (g_p - g(x_p - NEWTON_STEP delta / |delta|))
+        / NEWTON_STEP (all candidates in one ``energy_gradient`` call; rounding ~1e-16 |delta| / NEWTON_STEP, third-derivative error
         ~NEWTON_STEP |delta|):
         - q's gradient known: |H delta - (g_p - g_q)| <= NEWTON_KAPPA |g_p - g_q| (the cubic
           term is within NEWTON_KAPPA of the quadratic one). Then, to third order, the energy

@@ -275,10 +275,7 @@ def lbfgs_direction(S: np.ndarray, Y: np.ndarray, s_scale: np.ndarray, y_scale: 
     _check_arrays(("S", S, (M, ld, P), _I8), ("Y", Y, (M, ld, P), _I8), ("s_scale", s_scale, (M, ld), _F64),
                   ("y_scale", y_scale, (M, ld), _F64), ("rho", rho, (M, ld), _F64),
                   ("gamma", gamma, (ld,), _F64), ("g", g, (ld, P), _F64))
-    rows = _rows(rows, ld)
-    idx = np.ascontiguousarray(order, dtype=np.intc)
-    if len(idx) and (idx.min() < 0 or idx.max() >= M):
-        raise ValueError(f"order must lie in [0, {M})")
+    rows, idx = _indices(rows, ld, "rows"), _indices(order, M, "order", np.intc)
     d = np.empty((len(rows), P))
     _load().lbfgs_direction(P, ld, len(idx), idx.ctypes.data, len(rows), rows.ctypes.data, S.ctypes.data,
                             Y.ctypes.data, s_scale.ctypes.data, y_scale.ctypes.data, rho.ctypes.data,
@@ -301,7 +298,7 @@ def lbfgs_push(S: np.ndarray, Y: np.ndarray, s_scale: np.ndarray, y_scale: np.nd
                   ("g", g, (n, P), _F64), ("gn", gn, (n, P), _F64))
     if not 0 <= slot < M:
         raise ValueError(f"slot must lie in [0, {M})")
-    rows = _rows(rows, ld)
+    rows = _indices(rows, ld, "rows")
     out = np.empty((n, 2))
     _load().lbfgs_push(P, ld, int(slot), n, rows.ctypes.data, x.ctypes.data, xn.ctypes.data, g.ctypes.data,
                        gn.ctypes.data, S.ctypes.data, Y.ctypes.data, s_scale.ctypes.data, y_scale.ctypes.data,
@@ -309,11 +306,12 @@ def lbfgs_push(S: np.ndarray, Y: np.ndarray, s_scale: np.ndarray, y_scale: np.nd
     return out[:, 0], out[:, 1]
 
 
-def _rows(rows: np.ndarray, ld: int) -> np.ndarray:
-    rows = np.ascontiguousarray(rows, dtype=np.int64)
-    if len(rows) and (rows.min() < 0 or rows.max() >= ld):
-        raise ValueError(f"rows must lie in [0, {ld})")
-    return rows
+def _indices(a: Sequence[int] | np.ndarray, n: int, name: str, dtype: type = np.int64) -> np.ndarray:
+    """``a`` as a C-contiguous index array of ``dtype``; ValueError unless every entry lies in [0, n)."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if len(a) and (a.min() < 0 or a.max() >= n):
+        raise ValueError(f"{name} must lie in [0, {n})")
+    return a
 
 
 def assignment_bound(rows: np.ndarray, rows_sq: np.ndarray, ids: np.ndarray, x: np.ndarray, x_sq: np.ndarray,
@@ -330,9 +328,7 @@ def assignment_bound(rows: np.ndarray, rows_sq: np.ndarray, ids: np.ndarray, x: 
         raise ValueError(f"at most {ASSIGNMENT_MAX_H} units, got {H}")
     _check_arrays(("rows", rows, (N, H, m), _F32), ("rows_sq", rows_sq, (N, H), _F64), ("x", x, (H, m), _F32),
                   ("x_sq", x_sq, (H,), _F64))
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    if len(ids) and (ids.min() < 0 or ids.max() >= N):
-        raise ValueError(f"ids must lie in [0, {N})")
+    ids = _indices(ids, N, "ids")
     out = np.empty(len(ids))
     _load().assignment_bound(len(ids), H, m, rows.ctypes.data, rows_sq.ctypes.data, ids.ctypes.data, x.ctypes.data,
                              x_sq.ctypes.data, int(odd), out.ctypes.data, max(1, int(threads)))
