@@ -820,71 +820,131 @@ INLINE void vstoreb(int8_t *p, vd v)
 }
 INLINE int8_t roundb(double v) { return (int8_t)((v + 6755399441055744.0) - 6755399441055744.0); }
 
-INLINE double dot(const int8_t *a, const double *b, long P)
+/* Below LB_SMALL_P parameters, LB_G problems' recursions run interleaved (8 with AVX-512, else
+ * 4): each is a chain of dependent dot products and updates, too short to keep the vector units
+ * busy alone (Iris, P = 43, K = 256, memory 20, every pair usable: 200 -> 131 us a call).
+ * Longer rows have enough work per row, and more concurrent streams only crowd the memory
+ * system. */
+#if VL == 8
+#define LB_G 8 /* 16 accumulators of the 32 vector registers */
+#else
+#define LB_G 4
+#endif
+#define LB_SMALL_P 256
+
+/* c[r] = a[r] . b[r] for r < G (8-bit rows against double vectors), in double: per row two
+ * vector accumulators, one more vector and a scalar tail, a fixed order (the same for any G) */
+INLINE void dots(int G, const int8_t *const *a, double *const *b, long P, double *c)
 {
-    /* an 8-bit row against a double vector, in double: two vector accumulators, one more
-     * vector and a scalar tail, a fixed order */
-    vd s0 = vset1(0.0), s1 = vset1(0.0);
+    vd s0[LB_G], s1[LB_G];
+    for (int r = 0; r < G; r++) s0[r] = s1[r] = vset1(0.0);
     long p = 0;
-    for (; p + 2 * VL <= P; p += 2 * VL) {
-        s0 += vloadb(a + p) * vloadu(b + p);
-        s1 += vloadb(a + p + VL) * vloadu(b + p + VL);
-    }
+    for (; p + 2 * VL <= P; p += 2 * VL)
+        for (int r = 0; r < G; r++) {
+            s0[r] += vloadb(a[r] + p) * vloadu(b[r] + p);
+            s1[r] += vloadb(a[r] + p + VL) * vloadu(b[r] + p + VL);
+        }
     if (p + VL <= P) {
-        s0 += vloadb(a + p) * vloadu(b + p);
+        for (int r = 0; r < G; r++) s0[r] += vloadb(a[r] + p) * vloadu(b[r] + p);
         p += VL;
     }
-    double t = hsum(s0 + s1);
-    for (; p < P; p++) t += a[p] * b[p];
-    return t;
+    for (int r = 0; r < G; r++) {
+        double t = hsum(s0[r] + s1[r]);
+        for (long j = p; j < P; j++) t += a[r][j] * b[r][j];
+        c[r] = t;
+    }
 }
 
-INLINE void axpy(double *y, double a, const int8_t *x, long P)
+/* y[r] += c[r] x[r] for r < G */
+INLINE void axpys(int G, double *const *y, const double *c, const int8_t *const *x, long P)
 {
-    const vd va = vset1(a);
+    vd vc[LB_G];
+    for (int r = 0; r < G; r++) vc[r] = vset1(c[r]);
     long p = 0;
-    for (; p + VL <= P; p += VL) *(vdu *)(y + p) = vloadu(y + p) + va * vloadb(x + p);
-    for (; p < P; p++) y[p] += a * x[p];
+    for (; p + VL <= P; p += VL)
+        for (int r = 0; r < G; r++) *(vdu *)(y[r] + p) = vloadu(y[r] + p) + vc[r] * vloadb(x[r] + p);
+    for (int r = 0; r < G; r++)
+        for (long j = p; j < P; j++) y[r][j] += c[r] * x[r][j];
 }
 
 typedef struct {
-    long P, ld;
+    long P, ld, n, group;
     int npairs;
     const int *order;
     const long *rows;
+    const long *by_pairs;     /* the problems i, most usable pairs first (NULL: 0 .. n-1) */
+    const unsigned char *run; /* per problem i: 1 + its oldest usable pair's t (NULL: npairs) */
     const int8_t *S, *Y;
     const double *s_scale, *y_scale, *rho, *gamma, *g;
     double *d;
 } lbfgs_args_t;
 
-/* the two-loop recursion for problem i of an lbfgs_direction call; pair t is
- * (s_scale S_t, y_scale Y_t) */
-static void lbfgs_item(const job_t *jb, long i, int tid)
+/* point s[r], y[r] at pair t's rows of problems k[r], r < G; returns the pair's offset in rho */
+INLINE long pair_rows(const lbfgs_args_t *a, int t, int G, const long *k, const int8_t **s, const int8_t **y)
+{
+    const long base = (long)a->order[t] * a->ld;
+    for (int r = 0; r < G; r++) {
+        s[r] = a->S + (base + k[r]) * a->P;
+        y[r] = a->Y + (base + k[r]) * a->P;
+    }
+    return base;
+}
+
+/* the two-loop recursion for the problems at positions j0 .. j0+G-1 of a->by_pairs (G <= LB_G),
+ * over the pairs t < a->run of the first (the most of the group); pair t is (s_scale S_t,
+ * y_scale Y_t). A skipped pair (rho = 0) adds 0 x its row. */
+INLINE void two_loop(const lbfgs_args_t *a, long j0, int G)
+{
+    const long P = a->P;
+    const double *rho = a->rho, *ss = a->s_scale, *ys = a->y_scale;
+    long k[LB_G];
+    double *q[LB_G], alpha[64][LB_G], c[LB_G], coef[LB_G];
+    const int8_t *s[LB_G], *y[LB_G];
+    for (int r = 0; r < G; r++) {
+        const long i = a->by_pairs ? a->by_pairs[j0 + r] : j0 + r;
+        k[r] = a->rows[i];
+        q[r] = a->d + i * P;
+        memcpy(q[r], a->g + k[r] * P, (size_t)P * sizeof(double));
+    }
+    const int npairs = a->run ? a->run[a->by_pairs[j0]] : a->npairs;
+    for (int t = 0; t < npairs; t++) {
+        const long base = pair_rows(a, t, G, k, s, y);
+        dots(G, s, q, P, c);
+        for (int r = 0; r < G; r++) {
+            const long at = base + k[r];
+            alpha[t][r] = rho[at] == 0.0 ? 0.0 : rho[at] * ss[at] * c[r];
+            coef[r] = rho[at] == 0.0 ? 0.0 : -alpha[t][r] * ys[at]; /* its scales may hold anything */
+        }
+        axpys(G, q, coef, y, P);
+    }
+    for (int r = 0; r < G; r++) {
+        const double gk = a->gamma[k[r]];
+        for (long p = 0; p < P; p++) q[r][p] *= gk;
+    }
+    for (int t = npairs - 1; t >= 0; t--) {
+        const long base = pair_rows(a, t, G, k, s, y);
+        dots(G, y, q, P, c);
+        for (int r = 0; r < G; r++) {
+            const long at = base + k[r];
+            coef[r] = rho[at] == 0.0 ? 0.0 : (alpha[t][r] - rho[at] * ys[at] * c[r]) * ss[at];
+        }
+        axpys(G, q, coef, s, P);
+    }
+    for (int r = 0; r < G; r++)
+        for (long p = 0; p < P; p++) q[r][p] = -q[r][p];
+}
+
+/* item j: by_pairs positions LB_G j .. LB_G j + LB_G - 1 while whole groups last (when
+ * a->group), then one at a time */
+static void lbfgs_item(const job_t *jb, long j, int tid)
 {
     (void)tid;
     const lbfgs_args_t *a = jb->args;
-    const long P = a->P, ld = a->ld, k = a->rows[i];
-    const int8_t *S = a->S, *Y = a->Y;
-    const double *rho = a->rho, *ss = a->s_scale, *ys = a->y_scale;
-    double alpha[64];
-    double *q = a->d + i * P;
-    memcpy(q, a->g + k * P, (size_t)P * sizeof(double));
-    for (int t = 0; t < a->npairs; t++) {
-        const long at = (long)a->order[t] * ld + k;
-        alpha[t] = 0.0;
-        if (rho[at] == 0.0) continue;
-        alpha[t] = rho[at] * ss[at] * dot(S + at * P, q, P);
-        axpy(q, -alpha[t] * ys[at], Y + at * P, P);
-    }
-    const double gk = a->gamma[k];
-    for (long p = 0; p < P; p++) q[p] *= gk;
-    for (int t = a->npairs - 1; t >= 0; t--) {
-        const long at = (long)a->order[t] * ld + k;
-        if (rho[at] == 0.0) continue;
-        const double beta = rho[at] * ys[at] * dot(Y + at * P, q, P);
-        axpy(q, (alpha[t] - beta) * ss[at], S + at * P, P);
-    }
-    for (long p = 0; p < P; p++) q[p] = -q[p];
+    const long groups = a->group ? a->n / LB_G : 0;
+    if (j < groups)
+        two_loop(a, j * LB_G, LB_G);
+    else
+        two_loop(a, groups * LB_G + (j - groups), 1);
 }
 
 /* d = -H g by the L-BFGS two-loop recursion for n problems, one problem per item on up to
@@ -898,10 +958,34 @@ void lbfgs_direction(long P, long ld, int npairs, const int *order, long n, cons
                      const double *rho, const double *gamma, const double *g, double *d, int nthreads)
 {
     if (npairs > 64) npairs = 64;
-    lbfgs_args_t a = {P, ld, npairs, order, rows, S, Y, s_scale, y_scale, rho, gamma, g, d};
-    nthreads = job_threads(nthreads, (double)n * 4.0 * npairs * P); /* ~4 M P multiply-adds an item */
-    job_t jb = {lbfgs_item, &a, n};
+    const long group = P < LB_SMALL_P;
+    /* a problem started t iterations ago has no usable pair older than t: run each over its own
+     * pairs only, and group problems with as many (a counting sort; without memory for it, every
+     * problem runs over all npairs, skipping the unusable ones) */
+    long *by_pairs = malloc((size_t)(n > 0 ? n : 1) * sizeof(long));
+    unsigned char *run = malloc((size_t)(n > 0 ? n : 1));
+    if (!by_pairs || !run) {
+        free(by_pairs);
+        free(run);
+        by_pairs = NULL;
+        run = NULL;
+    } else {
+        long start[66] = {0};
+        for (long i = 0; i < n; i++) {
+            int t = npairs;
+            while (t > 0 && rho[(long)order[t - 1] * ld + rows[i]] == 0.0) t--;
+            run[i] = (unsigned char)t;
+            start[64 - t + 1]++;
+        }
+        for (int t = 1; t <= 65; t++) start[t] += start[t - 1]; /* start[64 - t]: first of those with t */
+        for (long i = 0; i < n; i++) by_pairs[start[64 - run[i]]++] = i;
+    }
+    lbfgs_args_t a = {P, ld, n, group, npairs, order, rows, by_pairs, run, S, Y, s_scale, y_scale, rho, gamma, g, d};
+    nthreads = job_threads(nthreads, (double)n * 4.0 * npairs * P); /* ~4 M P multiply-adds a problem */
+    job_t jb = {lbfgs_item, &a, group ? n / LB_G + n % LB_G : n};
     run_job(&jb, nthreads);
+    free(by_pairs);
+    free(run);
 }
 
 typedef struct {

@@ -83,11 +83,13 @@ def test_nonfinite_energy_is_reported():
 
 
 @pytest.mark.skipif(not kernel.available(), reason="no C compiler")
-@pytest.mark.parametrize("P, K, M", [(43, 7, 5), (2410, 40, 20)])
+@pytest.mark.parametrize("P, K, M", [(43, 7, 5), (43, 19, 5), (2410, 40, 20)])
 def test_compiled_two_loop_equals_numpy(P, K, M):
     """The compiled two-loop recursion gives the NumPy one's direction, applies the pair scales,
     skips unusable pairs (rho = 0, scales holding NaN) and honours the ring order and a subset of
-    slots."""
+    slots. It runs each problem over its usable pairs only, at small P in interleaved groups
+    (K = 19: whole groups and a rest); a problem's direction is the same whichever problems
+    share the call."""
     rng = np.random.default_rng(P)
     opt = LBFGS(lambda x: (np.zeros(len(x)), x), P, memory=M)
     opt.add(rng.normal(size=(K, P)))
@@ -98,6 +100,8 @@ def test_compiled_two_loop_equals_numpy(P, K, M):
     s, y = opt.S * opt.s_scale[..., None], opt.Y * opt.y_scale[..., None]
     opt.rho[...] = 1.0 / np.einsum("mkp,mkp->mk", s, y)
     opt.rho[1, 2], opt.s_scale[1, 2], opt.y_scale[1, 2] = 0.0, np.nan, np.nan
+    opt.rho[[1, 0], 5] = 0.0  # problems started 2 and 0 iterations ago: no usable older pairs
+    opt.rho[:, 6] = 0.0
     opt.gamma[...] = rng.uniform(0.1, 1.0, K)
     opt.pushes, opt.head = M - 1, 3  # a ring that is not full, newest pair not at the end
     for sel in (slice(None), np.array([2, 0])):
@@ -110,6 +114,10 @@ def test_compiled_two_loop_equals_numpy(P, K, M):
         slow = opt._direction(sel)
         assert np.all(np.isfinite(fast))
         np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12 * np.abs(slow).max())
+    opt.compiled = True
+    together = opt._direction(slice(None))
+    for k in (0, 2, K - 1):
+        np.testing.assert_array_equal(opt._direction(np.array([k]))[0], together[k])
 
 
 @pytest.mark.skipif(not kernel.available(), reason="no C compiler")
