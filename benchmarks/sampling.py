@@ -18,12 +18,15 @@ Cases:
               and runs/iris_discovery.toml). Every minimum
               found by any tool is refined to RMS 1e-10 and matched under the network's
               symmetries; reports how many distinct minima each found, and whether ours, given a
-              third of the peer's time, found every minimum the peer found.
+              third of the peer's time, found every minimum the peer found. With --peer-seeds N,
+              pele also runs with seeds 1..N-1 for the whole time, and each such run is scored
+              the same way against pele's seed-0 run: the baseline of how completely the peer
+              itself repeats its own finds.
 
 usage: OMP_NUM_THREADS=1 python benchmarks/sampling.py [--case throughput|discovery|digits|all]
        [--seconds 60] [--walkers 256] [--peer-energy numpy|kernel] [--discovery-step 3.0]
        [--discovery-maxstep 0.3] [--discovery-memory 20] [--discovery-visit-bias 4.0] [--discovery-adaptive]
-       [--repeats 1]
+       [--repeats 1] [--peer-seeds 1]
 """
 from __future__ import annotations
 
@@ -118,9 +121,10 @@ def scipy_bh(problem: landscape.Problem, step: float, fixed: bool, seconds: floa
     return _peer_row(f"scipy basinhopping + L-BFGS-B ({PEER_ENERGY} energy)", E, cpu, wall, np.array(log), count[0])
 
 
-def pele_bh(problem: landscape.Problem, step: float, fixed: bool, seconds: float) -> dict | None:
+def pele_bh(problem: landscape.Problem, step: float, fixed: bool, seconds: float, seed: int = 0) -> dict | None:
     """pele's BasinHopping with lbfgs_cpp(tol=1e-6, maxstep=1.0, M=10), as in
-    shared/peers/landscape/bench_pele_bh.py --tuned; None where pele is not installed."""
+    shared/peers/landscape/bench_pele_bh.py --tuned (its random steps and start from ``seed``);
+    None where pele is not installed."""
     try:
         from pele.basinhopping import BasinHopping
         from pele.optimize import lbfgs_cpp
@@ -146,37 +150,49 @@ def pele_bh(problem: landscape.Problem, step: float, fixed: bool, seconds: float
         log.append(np.array(r.coords))
         return r
 
-    np.random.seed(0)
+    np.random.seed(seed)
     take = AdaptiveStepsize(RandomDisplacement(stepsize=step), acc_ratio=0.5, interval=10 ** 9 if fixed else 50)
     db = PeleDatabase(db=":memory:", accuracy=3e-8)
-    x0 = np.random.default_rng(0).normal(size=problem.model.n_params)
+    x0 = np.random.default_rng(seed).normal(size=problem.model.n_params)
     c0, t0 = time.process_time(), time.perf_counter()
     bh = BasinHopping(x0, pot, take, storage=db.minimum_adder(), temperature=0.01, quench=quench, outstream=None,
                       insert_rejected=True)
     while time.process_time() - c0 < seconds:
         bh.run(5)
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-    row = _peer_row(f"pele 0.1.2 BasinHopping + lbfgs_cpp ({PEER_ENERGY} energy)", E, cpu, wall, np.array(log), count[0])
+    row = _peer_row(f"pele 0.1.2 BasinHopping + lbfgs_cpp ({PEER_ENERGY} energy, seed {seed})", E, cpu, wall,
+                    np.array(log), count[0])
     row["pele_db_minima"] = db.number_of_minima()
     return row
 
 
-def distinct(problem: landscape.Problem, reference: landscape.database.Minima, X: np.ndarray) -> tuple[int, int]:
+def distinct(problem: landscape.Problem, reference: landscape.database.Minima | np.ndarray,
+             X: np.ndarray) -> tuple[int, int]:
     """Refine the rows of ``X`` to RMS 1e-10, then count (distinct minima among them, how many of
-    those are not among ``reference``), matching under the network's symmetries."""
-    E = problem.energy()
-    r = minimize(E.energy_gradient, X, tol=1e-10)
-    P = problem.model.n_params
+    those are not among ``reference``), matching under the network's symmetries. ``reference``:
+    stored minima, or points (n, P) (refined the same way)."""
     groups = problem.model.unit_groups()
-    ref = identify.MinimaIndex.of(reference, groups, 2 * problem.lam)
+    if isinstance(reference, np.ndarray):
+        ref = identify.MinimaIndex(groups, 2 * problem.lam)
+        for p in _refined(problem, reference):
+            if ref.match(p).same is None:
+                ref.add(len(ref), p)
+    else:
+        ref = identify.MinimaIndex.of(reference, groups, 2 * problem.lam)
     own = identify.MinimaIndex(groups, 2 * problem.lam)
     missed = 0
-    for k in np.flatnonzero(r.converged):
-        p = identify.Point(r.energy[k], r.x[k], r.grad_rms[k] * np.sqrt(P))
+    for p in _refined(problem, X):
         if own.match(p).same is None:
             own.add(len(own), p)
             missed += ref.match(p).same is None
     return len(own), missed
+
+
+def _refined(problem: landscape.Problem, X: np.ndarray) -> list[identify.Point]:
+    """The rows of ``X`` (n, P) minimised to RMS 1e-10, as points (those that converged)."""
+    r = minimize(problem.energy().energy_gradient, X, tol=1e-10)
+    P = problem.model.n_params
+    return [identify.Point(r.energy[k], r.x[k], r.grad_rms[k] * np.sqrt(P)) for k in np.flatnonzero(r.converged)]
 
 
 def chao1(hits: np.ndarray) -> float:
@@ -205,6 +221,8 @@ def main() -> None:
                     help="our visit bias in the discovery case (0: plain Metropolis)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="discovery: our third-of-the-time runs with seeds 0..repeats-1 (the peers run once)")
+    ap.add_argument("--peer-seeds", type=int, default=1,
+                    help="discovery: also run pele with seeds 1..N-1 and score each against its seed-0 run")
     ap.add_argument("--discovery-adaptive", action="store_true",
                     help="adapt our step toward 50%% acceptance in the discovery case (default: fixed)")
     ap.add_argument("--peer-energy", choices=("numpy", "kernel"), default="numpy",
@@ -239,6 +257,13 @@ def main() -> None:
                 missed = [distinct(problem, row["minima"], peer["points"]) for row in thirds[threads]]
                 print(json.dumps({"peer": peer["tool"], "peer_distinct_minima": missed[0][0],
                                   f"of_which_ours_missed_in_{name.replace(' ', '_')}_per_seed": [m for _, m in missed]}))
+        pele = [p for p in peers if p["tool"].startswith("pele")]
+        for seed in range(1, a.peer_seeds if pele else 1):
+            again = pele_bh(problem, 1.0, False, a.seconds, seed=seed)
+            show(again)
+            print(json.dumps({"peer": again["tool"], "distinct_minima": distinct(problem, pele[0]["points"], again["points"])[0],
+                              "of_pele_seed_0_minima_missed_by_this_run": distinct(problem, again["points"], pele[0]["points"])[1]}))
+            peers.append(again)
         everything = np.concatenate([p["points"] for p in peers]
                                     + [row["minima"].coords for rows in thirds.values() for row in rows])
         _, missing = distinct(problem, full["minima"], everything)
