@@ -239,7 +239,8 @@ def test_tracked_queries_give_the_same_verdicts(sampled, problem, monkeypatch):
 def test_projected_bounds_give_the_same_verdicts(monkeypatch):
     """Bounding wide unit rows in a projection first (digits 64-32-10: rows of 75) excludes
     candidates only where the full bound would, so verdicts (and the distance of a match) are those
-    without it, and the bounds stay below the aligned distances."""
+    without it, and those of aligning every candidate without bounds (as for windows of at most
+    ALIGN_DIRECTLY candidates); the bounds stay below the aligned distances."""
     model = landscape.Problem.create("digits", hidden=(32,), lam=1e-4, test_fraction=0.0).model
     groups, P = model.unit_groups(), model.n_params
     rng = np.random.default_rng(5)
@@ -261,8 +262,13 @@ def test_projected_bounds_give_the_same_verdicts(monkeypatch):
         p = identify.Point(0.5, x, gnorm)
         a, b = (indexes[t].match(p) for t in (True, False))
         assert (a.same, a.ambiguous) == (b.same, b.ambiguous)
+        with monkeypatch.context() as m:  # no bounds at all: every candidate aligned
+            m.setattr(identify, "ALIGN_DIRECTLY", 10 ** 9)
+            c = indexes[True].match(p)
+        assert (c.same, sorted(c.ambiguous)) == (a.same, sorted(a.ambiguous))
         if a.same is not None:
             assert a.distance == pytest.approx(b.distance, rel=1e-12)
+            assert a.distance == pytest.approx(c.distance, rel=1e-12)
         ids = np.arange(len(stored))
         bounds = indexes[True]._lower_bounds(p, ids, np.full(len(ids), np.inf))
         exact = np.array([identify.distance(q, x, groups) for q in stored])
