@@ -25,6 +25,7 @@ budget and thread count give the same minima. Defaults are :class:`Settings`.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -243,7 +244,7 @@ class _Sampler:
                         last_save = now
                     self.db.flush()
                     bar.set_postfix(minima=len(self.index), acc=f"{self._acceptance():.2f}",
-                                    q_per_s=f"{self.counters['quenches'] / max(now - t0, 1e-9):.0f}")
+                                    q_per_s=f"{self.counters['quenches'] / max(now - t0, 1e-9):.0f}", refresh=False)
                 if out_of_time:
                     status = "time budget reached"
                     break
@@ -360,9 +361,12 @@ class _Sampler:
 
 
 def _progress(enabled: bool, total: int | None):
+    """A progress bar on stderr, redrawn at most every 0.5 s on a terminal and every 10 s
+    otherwise (a log file gets a line per redraw)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, unit="step", desc="basin-hopping", leave=True)
+    return tqdm(total=total, disable=not enabled, unit="step", desc="basin-hopping", leave=True,
+                mininterval=0.5 if sys.stderr.isatty() else 10.0)
 
 
 def _pack_rng(r: np.random.Generator) -> list[int]:

@@ -40,6 +40,16 @@ def test_sample_and_inspect_end_to_end(tmp_path, capsys):
         assert len(d.runs()) == 2
 
 
+def test_progress_in_a_log_is_rate_limited(tmp_path, capsys):
+    """Off a terminal (a log file, a pipe) the progress bar is redrawn at most every 10 s, not
+    on every finished batch: a run of a few hundred quenches writes the first and last bar."""
+    with_bar = [a for a in FAST if a != "--quiet"]
+    code, out, err = run(capsys, "sample", str(tmp_path / "p.h5"), *with_bar, "--steps", "60")
+    assert code == 0 and "new minima" in out
+    assert "240/240" in err  # the last bar
+    assert err.count("\r") <= 4
+
+
 def test_config_file(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[problem]\ndata = "iris"\nhidden = [2]\nlam = 1e-3\n[sample]\nwalkers = 2\nsteps = 2\nseed = 4\n')
