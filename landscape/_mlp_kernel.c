@@ -947,12 +947,12 @@ static void lbfgs_item(const job_t *jb, long j, int tid)
         two_loop(a, groups * LB_G + (j - groups), 1);
 }
 
-/* d = -H g by the L-BFGS two-loop recursion for n problems, one problem per item on up to
- * nthreads threads (the result does not depend on it). S and Y are int8 rings of shape (M, ld, P):
- * pair j of problem k starts at (j * ld + k) * P and stands for s_scale[j, k] S, y_scale[j, k] Y;
- * rho (M, ld) is 1 / s.y, 0 where a pair is unusable (skipped); gamma (ld) scales the initial
- * inverse Hessian. order (npairs <= 64): the ring indices to use, newest first; rows (n): the
- * problems; g (ld, P); d (n, P). */
+/* d = -H g by the L-BFGS two-loop recursion for n problems, LB_G problems per item at small P
+ * and one otherwise, on up to nthreads threads (the result depends on neither). S and Y are
+ * int8 rings of shape (M, ld, P): pair j of problem k starts at (j * ld + k) * P and stands for
+ * s_scale[j, k] S, y_scale[j, k] Y; rho (M, ld) is 1 / s.y, 0 where a pair is unusable
+ * (skipped); gamma (ld) scales the initial inverse Hessian. order (npairs <= 64): the ring
+ * indices to use, newest first; rows (n): the problems; g (ld, P); d (n, P). */
 void lbfgs_direction(long P, long ld, int npairs, const int *order, long n, const long *rows,
                      const int8_t *S, const int8_t *Y, const double *s_scale, const double *y_scale,
                      const double *rho, const double *gamma, const double *g, double *d, int nthreads)

@@ -242,7 +242,7 @@ def _tolerances(a: Point, gnorm: np.ndarray, curvature: np.ndarray, fallback: fl
     return _tolerance_formulas(a, gnorm, np.where(np.isinf(lam), fallback, lam))
 
 
-def _tolerance_formulas(a: Point, gnorm, lam):
+def _tolerance_formulas(a: Point, gnorm: float | np.ndarray, lam: float | np.ndarray) -> tuple:
     """(e_tol, d_tol) of the module docstring for ``a`` against gradient norms ``gnorm`` at
     curvatures ``lam`` (floats, or arrays alike)."""
     e_tol = SAFETY * (a.gnorm ** 2 + gnorm ** 2) / (2 * lam) + ENERGY_FLOOR * max(1.0, abs(a.energy))
@@ -263,7 +263,8 @@ class MinimaIndex:
     inside its energy window (binary search), never with every stored minimum. Inside the window
     the tests run cheapest first over all candidates at once: energies; lower bounds on the
     aligned distance (sorted unit norms, and the first layer's cost matrices, whose row and
-    column minima bound the assignment from below); then an alignment for each survivor; then
+    column minima bound the assignment from below), where more than ALIGN_DIRECTLY candidates
+    remain; then an alignment for each survivor; then
     one batched call of ``energy_gradient`` (X (n, P) -> energies (n,), gradients (n, P)) for
     the Newton test.
 
