@@ -216,7 +216,7 @@ def main() -> None:
     ap.add_argument("--discovery-maxstep", type=float, default=0.3,
                     help="our quench's step cap in the discovery case (smaller: closer to steepest-descent basins)")
     ap.add_argument("--discovery-memory", type=int, default=20,
-                    help="our quench's L-BFGS memory in the discovery case (60 measured no better than 20)")
+                    help="our quench's L-BFGS memory in the discovery case (60 measured worse than 20)")
     ap.add_argument("--discovery-visit-bias", type=float, default=4.0,
                     help="our visit bias in the discovery case (0: plain Metropolis)")
     ap.add_argument("--repeats", type=int, default=1,
