@@ -414,7 +414,7 @@ static void run_walker(const ctx_t *c, scratch_t *s, const double *w, double *Eo
                 m = vsel(z > m, z, m);
             }
             vd y = vload(yl + v * VL);
-            vl valid = y >= vset1(0.0);
+            vl valid = ~((vl)y >> 63); /* y >= 0, by its sign bit (GCC 12 fails on the compare for SSE2) */
             vd ssum = vset1(0.0), dy = vset1(0.0);
             for (int k = 0; k < C; k++) {
                 vd dz = vload(Z + k * NC + v * VL) - m;

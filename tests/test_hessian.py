@@ -34,11 +34,18 @@ def test_full_and_lanczos_agree_and_find_the_saddle(symmetric_stationary_point):
 
 
 def test_pushing_off_a_saddle_reaches_a_lower_true_minimum(symmetric_stationary_point):
+    """As the sampler does: push off along the negative-curvature direction and minimise, at most
+    three times (a weak negative mode can lead back near the subspace; which rounding does so
+    depends on the build's vector length)."""
     E, x = symmetric_stationary_point
-    h = hessian.check(E, x)
-    r = minimize(E.energy_gradient, x + 1e-2 * h.vector, tol=1e-9)
-    assert r.converged[0] and r.energy[0] < E(x)[0]
-    assert not hessian.check(E, r.x[0]).saddle
+    y, h = x, hessian.check(E, x)
+    for _ in range(3):
+        r = minimize(E.energy_gradient, y + 1e-2 * h.vector, tol=1e-9)
+        assert r.converged[0] and r.energy[0] < E(y)[0]
+        y, h = r.x[0], hessian.check(E, r.x[0])
+        if not h.saddle:
+            break
+    assert not h.saddle and E(y)[0] < E(x)[0]
 
 
 def test_unknown_mode(iris):

@@ -138,8 +138,9 @@ def test_resume_of_a_file_without_walker_minima(problem, tmp_path):
 
 def test_visit_bias_spreads_walkers_over_rarely_found_minima(tmp_path):
     """Plain Metropolis at T = 0.01 keeps returning to the lowest minima; the visit bias moves the
-    walkers on to minima found rarely, so the most-found minimum takes a smaller share of the
-    quenches and more distinct minima are found for the same budget."""
+    walkers on to minima found rarely, so finds spread over more minima: the effective number of
+    minima found (exp of the entropy of the hit shares) grows, and the most-found minimum's share
+    falls."""
     problem = landscape.Problem.create("iris", hidden=(5,), lam=1e-4, test_fraction=0.0)
     out = {}
     for bias in (0.0, 4.0):
@@ -149,9 +150,11 @@ def test_visit_bias_spreads_walkers_over_rarely_found_minima(tmp_path):
         with Database(path) as db:
             hits, minimum = db.minima().hits, db.walker_state(0)["minimum"]
         assert np.all((minimum >= 0) & (minimum < len(hits)))
-        out[bias] = hits.max() / hits.sum(), len(hits)
-    assert out[4.0][0] < 0.85 * out[0.0][0]  # seeds 0-3: 0.72-0.77 (16 walkers x 15 steps: 0.75-0.94)
-    assert out[4.0][1] > out[0.0][1]
+        share = hits / hits.sum()
+        out[bias] = share.max(), np.exp(-(share * np.log(share)).sum())
+    # seeds 0-3, AVX-512 and AVX2 builds: effective number x1.21-1.75, top share x0.69-0.87
+    assert out[4.0][1] > 1.15 * out[0.0][1]
+    assert out[4.0][0] < 0.95 * out[0.0][0]
 
 
 def test_other_problem_is_refused_and_file_unchanged(sampled, problem):
