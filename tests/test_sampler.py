@@ -106,6 +106,23 @@ def test_same_seed_gives_the_same_minima(problem, tmp_path):
     np.testing.assert_array_equal(runs[0].hits, runs[1].hits)
 
 
+@pytest.mark.skipif(not kernel.available(), reason="no C compiler: torch's results may depend on threads")
+def test_thread_count_does_not_change_the_minima(problem, tmp_path):
+    """The compiled energy, two-loop recursion and bounds split work over threads without changing
+    a result, so a run on two threads stores exactly the minima of a run on one (128 walkers:
+    enough work per call for the kernel to use both)."""
+    runs = []
+    for threads in (1, 2):
+        path = tmp_path / f"t{threads}.h5"
+        settings = landscape.Settings(walkers=128, temperature=0.01, step=1.0)
+        landscape.sample(problem, str(path), settings, steps=3, seed=3, threads=threads, progress=False)
+        with Database(path) as db:
+            runs.append(db.minima())
+    np.testing.assert_array_equal(runs[0].energy, runs[1].energy)
+    np.testing.assert_array_equal(runs[0].coords, runs[1].coords)
+    np.testing.assert_array_equal(runs[0].hits, runs[1].hits)
+
+
 def test_resume_continues_without_duplicates(problem, tmp_path):
     path = str(tmp_path / "r.h5")
     first = landscape.sample(problem, path, SETTINGS, steps=4, seed=0, progress=False)
