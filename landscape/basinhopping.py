@@ -20,7 +20,8 @@ eigenvalue is below ``-eig_tol`` (:mod:`landscape.hessian`): a saddle is pushed 
 negative-curvature direction and minimised again, never stored.
 
 Each walker draws from its own random stream (spawned from ``seed``), so the same seed, step
-budget and thread count give the same minima. Defaults are :class:`Settings`.
+budget and thread count give the same minima (with the compiled kernel, any thread count gives
+the same). Defaults are :class:`Settings`.
 """
 from __future__ import annotations
 
