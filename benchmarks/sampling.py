@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 import landscape
-from landscape import identify
+from landscape import hessian, identify
 from landscape.database import Database
 from landscape.minimize import minimize
 
@@ -168,9 +168,10 @@ def pele_bh(problem: landscape.Problem, step: float, fixed: bool, seconds: float
 
 def distinct(problem: landscape.Problem, reference: landscape.database.Minima | np.ndarray,
              X: np.ndarray) -> tuple[int, int]:
-    """Refine the rows of ``X`` to RMS 1e-10, then count (distinct minima among them, how many of
-    those are not among ``reference``), matching under the network's symmetries. ``reference``:
-    stored minima, or points (n, P) (refined the same way)."""
+    """Refine the rows of ``X`` to RMS 1e-10 (saddles dropped, see :func:`_refined`), then count
+    (distinct minima among them, how many of those are not among ``reference``), matching under
+    the network's symmetries. ``reference``: stored minima, or points (n, P) (refined the same
+    way)."""
     groups = problem.model.unit_groups()
     if isinstance(reference, np.ndarray):
         ref = identify.MinimaIndex(groups, 2 * problem.lam)
@@ -189,10 +190,19 @@ def distinct(problem: landscape.Problem, reference: landscape.database.Minima | 
 
 
 def _refined(problem: landscape.Problem, X: np.ndarray) -> list[identify.Point]:
-    """The rows of ``X`` (n, P) minimised to RMS 1e-10, as points (those that converged)."""
-    r = minimize(problem.energy().energy_gradient, X, tol=1e-10)
+    """The rows of ``X`` (n, P) minimised to RMS 1e-10 that are minima (converged, no negative
+    Hessian eigenvalue), as points that carry their lowest eigenvalue: identification's
+    tolerances need it, as the sampler's do (without it, the fallback 2 lam splits a flat minimum,
+    lowest eigenvalue ~3e-7 on Iris, into several "distinct" ones)."""
+    E = problem.energy()
+    r = minimize(E.energy_gradient, X, tol=1e-10)
     P = problem.model.n_params
-    return [identify.Point(r.energy[k], r.x[k], r.grad_rms[k] * np.sqrt(P)) for k in np.flatnonzero(r.converged)]
+    points = []
+    for k in np.flatnonzero(r.converged):
+        h = hessian.check(E, r.x[k], "full" if P <= 1000 else "lanczos")
+        if not h.saddle:
+            points.append(identify.Point(r.energy[k], r.x[k], r.grad_rms[k] * np.sqrt(P), float(h.eigenvalues[0])))
+    return points
 
 
 def chao1(hits: np.ndarray) -> float:
