@@ -162,7 +162,11 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     """Run basin-hopping on ``problem`` and store its minima in the database at ``path``.
 
     Stops after ``steps`` basin-hopping steps per walker or ``minutes`` of wall time (whichever
-    comes first; one is required). ``resume`` continues the walkers of the file's last run.
+    comes first; one is required). At the time limit, quenches in flight are abandoned, but
+    refinements of points that may be new minima are finished, checked and stored: on Iris that
+    takes milliseconds; on digits with refinement to 1e-10 and the Lanczos check it took 11-13 s
+    (a 5-s budget then stored 32 minima, where abandoning them stored none). ``resume``
+    continues the walkers of the file's last run.
     Sets the process's allocator to keep freed memory (:mod:`landscape.allocator`).
     """
     if steps is None and minutes is None:
@@ -246,9 +250,9 @@ class _Sampler:
                     self.db.flush()
                     bar.set_postfix(minima=len(self.index), acc=f"{self._acceptance():.2f}",
                                     q_per_s=f"{self.counters['quenches'] / max(now - t0, 1e-9):.0f}", refresh=False)
-                if out_of_time:
+                if out_of_time:  # abandon plain quenches, finish refinements (each may be a new minimum)
                     status = "time budget reached"
-                    break
+                    self.opt.drop(np.flatnonzero(~self.refining))
         except KeyboardInterrupt:
             status = "interrupted by user"
         finally:

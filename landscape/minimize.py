@@ -269,6 +269,12 @@ class LBFGS:
         self.active[slots] = False
         return res
 
+    def drop(self, tags: np.ndarray) -> None:
+        """Abandon the running problems labelled ``tags`` (no result is returned for them)."""
+        slots = np.flatnonzero(self.active & np.isin(self.tag, tags))
+        self.active[slots] = False
+        self.pending[slots] = False
+
     def finished_initially(self) -> MinimizeResult:
         """Problems that were already converged (or non-finite) when added, removed from the batch."""
         self._evaluate_pending()

@@ -3,7 +3,7 @@ import pytest
 
 from landscape import kernel, models
 from landscape.energy import Energy
-from landscape.minimize import LBFGS, minimize
+from landscape.minimize import LBFGS, concat, minimize
 
 
 def quadratic(A, b):
@@ -70,6 +70,20 @@ def test_streaming_batch_takes_new_work_as_walkers_finish():
             opt.add(np.array([[3.0, -3.0]]), tags=np.array([12]))
     assert sorted(finished) == [10, 11, 12]
     assert finished.index(11) < finished.index(10)
+
+
+def test_dropped_problems_leave_without_a_result():
+    """drop() abandons running problems by tag; the others finish as if alone."""
+    fun = lambda x: (0.5 * (x ** 2).sum(1), x)  # noqa: E731
+    opt = LBFGS(fun, 3, tol=1e-8)
+    opt.add(np.ones((3, 3)), np.array([7, 8, 9]))
+    opt.step()
+    opt.drop(np.array([8]))
+    parts = []
+    while len(opt):
+        parts.append(opt.step())
+    res = concat(parts)
+    assert sorted(res.tag) == [7, 9] and res.converged.all()
 
 
 def test_nonfinite_energy_is_reported():

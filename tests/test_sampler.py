@@ -1,8 +1,10 @@
+import time
+
 import numpy as np
 import pytest
 
 import landscape
-from landscape import allocator, identify, kernel
+from landscape import allocator, basinhopping, identify, kernel
 from landscape.database import Database
 
 SETTINGS = landscape.Settings(walkers=8, temperature=0.01, step=1.0)
@@ -121,6 +123,38 @@ def test_thread_count_does_not_change_the_minima(problem, tmp_path):
     np.testing.assert_array_equal(runs[0].energy, runs[1].energy)
     np.testing.assert_array_equal(runs[0].coords, runs[1].coords)
     np.testing.assert_array_equal(runs[0].hits, runs[1].hits)
+
+
+def test_time_limit_finishes_refinements_in_flight(problem, tmp_path, monkeypatch):
+    """A new point is refined before it is stored. When the time budget runs out, quenches in
+    flight are abandoned but refinements are finished, so no minimum already reached is lost.
+    Here the clock stands still until the first refinement starts, then the minute is over."""
+    calls = []
+    identify_ = basinhopping._Sampler._identify
+
+    def spy(self, walker, x, grad, E, grad_rms, refined):
+        out = identify_(self, walker, x, grad, E, grad_rms, refined)
+        calls.append((walker, refined, out[0]))
+        return out
+
+    class Clock:
+        @staticmethod
+        def perf_counter() -> float:
+            return 1e9 if any(outcome == "refine" for _, _, outcome in calls) else 0.0
+
+        process_time = staticmethod(time.process_time)
+
+    monkeypatch.setattr(basinhopping._Sampler, "_identify", spy)
+    monkeypatch.setattr(basinhopping, "time", Clock)
+    path = str(tmp_path / "t.h5")
+    res = landscape.sample(problem, path, SETTINGS, minutes=1.0, seed=0, progress=False)
+    assert res.status == "time budget reached"
+    refining = {w for w, _, outcome in calls if outcome == "refine"}
+    finished = {w for w, refined, _ in calls if refined}
+    assert refining and refining <= finished
+    new = sum(outcome == "new" for _, _, outcome in calls)
+    with Database(path) as db:
+        assert new >= 1 and len(db.minima()) == new
 
 
 def test_resume_continues_without_duplicates(problem, tmp_path):
