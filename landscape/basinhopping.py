@@ -166,8 +166,8 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     refinements of points that may be new minima are finished, checked and stored: on Iris that
     takes milliseconds; on digits with refinement to 1e-10 and the Lanczos check it took 11-13 s
     (a 5-s budget then stored 32 minima, where abandoning them stored none). ``resume``
-    continues the walkers of the file's last run.
-    Sets the process's allocator to keep freed memory (:mod:`landscape.allocator`).
+    continues the walkers of the file's last run. Sets the process's allocator to keep freed
+    memory (:mod:`landscape.allocator`).
     """
     if steps is None and minutes is None:
         raise ValueError("give a budget: steps (per walker) or minutes")

@@ -264,9 +264,8 @@ class MinimaIndex:
     the tests run cheapest first over all candidates at once: energies; lower bounds on the
     aligned distance (sorted unit norms, and the first layer's cost matrices, whose row and
     column minima bound the assignment from below), where more than ALIGN_DIRECTLY candidates
-    remain; then an alignment for each survivor; then
-    one batched call of ``energy_gradient`` (X (n, P) -> energies (n,), gradients (n, P)) for
-    the Newton test.
+    remain; then an alignment for each survivor; then one batched call of ``energy_gradient``
+    (X (n, P) -> energies (n,), gradients (n, P)) for the Newton test.
 
     Ids are the caller's labels of the minima: non-negative integers (database rows). ``threads``:
     for the compiled bounds (verdicts do not depend on it)."""
@@ -450,8 +449,8 @@ class MinimaIndex:
         With delta = x_p - x_q (``images`` (n, P): x_p aligned onto each q by ``moves``, which
         carry its gradient g_p alike; ``deltas`` (n, P) and their ``norms`` (n,)) and H delta a
         forward difference of gradients from p, |delta| (g_p - g(x_p - NEWTON_STEP delta / |delta|))
-        / NEWTON_STEP (all candidates in one ``energy_gradient`` call; rounding ~1e-16 |delta| / NEWTON_STEP, third-derivative error
-        ~NEWTON_STEP |delta|):
+        / NEWTON_STEP (all candidates in one ``energy_gradient`` call; rounding ~1e-16 |delta| /
+        NEWTON_STEP, third-derivative error ~NEWTON_STEP |delta|):
         - q's gradient known: |H delta - (g_p - g_q)| <= NEWTON_KAPPA |g_p - g_q| (the cubic
           term is within NEWTON_KAPPA of the quadratic one). Then, to third order, the energy
           satisfies |E_p - E_q - (g_p + g_q).delta / 2| <= NEWTON_KAPPA |delta| |g_p - g_q| / 6

@@ -262,7 +262,8 @@ def lbfgs_direction(S: np.ndarray, Y: np.ndarray, s_scale: np.ndarray, y_scale: 
                     gamma: np.ndarray, g: np.ndarray, order: Sequence[int], rows: np.ndarray,
                     threads: int = 1) -> np.ndarray:
     """-H g by the L-BFGS two-loop recursion for problems ``rows`` (n,), compiled, on up to
-    ``threads`` threads of the kernel's pool (one problem per task; the result does not depend on it).
+    ``threads`` threads of the kernel's pool (at small P several problems interleaved per task;
+    a problem's result depends neither on the threads nor on the other rows).
 
     S, Y: (M, ld, P) int8 rings of steps and gradient changes, pair row j of problem k standing
     for s_scale[j, k] S[j, k] (and y_scale, Y alike; as :func:`lbfgs_push` stores them); rho
