@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from . import allocator, hessian
 from .database import Database
@@ -166,7 +167,9 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     refinements of points that may be new minima are finished, checked and stored: on Iris that
     takes milliseconds; on digits with refinement to 1e-10 and the Lanczos check it took 11-13 s
     (a 5-s budget then stored 32 minima, where abandoning them stored none). ``resume``
-    continues the walkers of the file's last run. Sets the process's allocator to keep freed
+    continues the walkers of the file's last run. NumPy's and SciPy's BLAS run on ``threads``
+    threads during the run (idle OpenBLAS threads spin: with their default of one per core, a
+    one-thread run took 1.35 CPU-seconds a second). Sets the process's allocator to keep freed
     memory (:mod:`landscape.allocator`).
     """
     if steps is None and minutes is None:
@@ -175,7 +178,7 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
         raise ValueError("steps must be >= 1 and minutes > 0")
     torch.set_num_threads(threads)
     allocator.keep_freed_memory()
-    with Database(path, problem, mode="a") as db:
+    with threadpool_limits(limits=threads), Database(path, problem, mode="a") as db:
         return _Sampler(db, problem, settings, steps, minutes, seed, resume, threads, progress, command).run()
 
 
