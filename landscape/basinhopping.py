@@ -20,8 +20,11 @@ eigenvalue is below ``-eig_tol`` (:mod:`landscape.hessian`): a saddle is pushed 
 negative-curvature direction and minimised again, never stored.
 
 Each walker draws from its own random stream (spawned from ``seed``), so the same seed, step
-budget and thread count give the same minima (with the compiled kernel, any thread count gives
-the same). Defaults are :class:`Settings`.
+budget, thread count and process count give the same minima (with the compiled kernel, any
+thread count gives the same; ``processes`` > 1 splits the walkers into independent groups,
+:mod:`landscape.parallel`, so it changes the walk). On two cores, two processes of one thread
+each run about 1.6x the quenches of one process of two threads (Iris). Defaults are
+:class:`Settings`.
 """
 from __future__ import annotations
 
@@ -34,8 +37,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from . import allocator, hessian
-from .database import Database
+from . import allocator, hessian, parallel
+from .database import Database, Minima
 from .energy import Energy
 from .identify import MinimaIndex, Point
 from .minimize import LBFGS
@@ -159,7 +162,7 @@ class _Walkers:
 
 def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: int | None = None,
            minutes: float | None = None, seed: int = 0, resume: bool = False, threads: int = 1,
-           progress: bool = True, command: str = "") -> SampleResult:
+           processes: int = 1, progress: bool = True, command: str = "") -> SampleResult:
     """Run basin-hopping on ``problem`` and store its minima in the database at ``path``.
 
     Stops after ``steps`` basin-hopping steps per walker or ``minutes`` of wall time (whichever
@@ -167,114 +170,175 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     refinements of points that may be new minima are finished, checked and stored: on Iris that
     takes milliseconds; on digits with refinement to 1e-10 and the Lanczos check it took 11-13 s
     (a 5-s budget then stored 32 minima, where abandoning them stored none). ``resume``
-    continues the walkers of the file's last run. NumPy's and SciPy's BLAS run on ``threads``
-    threads during the run (idle OpenBLAS threads spin: with their default of one per core, a
-    one-thread run took 1.35 CPU-seconds a second). Sets the process's allocator to keep freed
-    memory (:mod:`landscape.allocator`).
+    continues the walkers of the file's last run. ``processes`` > 1 splits the walkers over that
+    many worker processes of ``threads`` threads each (:mod:`landscape.parallel`; Linux: needs
+    the fork start method). NumPy's and SciPy's BLAS run on ``threads`` threads during the run
+    (idle OpenBLAS threads spin: with their default of one per core, a one-thread run took
+    1.35 CPU-seconds a second, and two worker processes slowed each other by a third). Sets the
+    process's allocator to keep freed memory (:mod:`landscape.allocator`).
     """
     if steps is None and minutes is None:
         raise ValueError("give a budget: steps (per walker) or minutes")
     if steps is not None and steps < 1 or minutes is not None and not minutes > 0:
         raise ValueError("steps must be >= 1 and minutes > 0")
+    if threads < 1 or processes < 1:
+        raise ValueError(f"threads and processes must be >= 1, got {threads} and {processes}")
+    if processes > 1 and not parallel.AVAILABLE:
+        raise ValueError("processes > 1 needs the fork start method (Linux); use processes = 1")
     torch.set_num_threads(threads)
     allocator.keep_freed_memory()
     with threadpool_limits(limits=threads), Database(path, problem, mode="a") as db:
-        return _Sampler(db, problem, settings, steps, minutes, seed, resume, threads, progress, command).run()
+        previous, P = db.runs(), problem.model.n_params
+        if resume and not previous:
+            raise ValueError(f"{db.path} has no run to resume; drop --resume")
+        state = db.walker_state(previous[-1]["id"]) if resume else None
+        K = len(state["energy"]) if resume else settings.walkers
+        if processes > K:
+            raise ValueError(f"{processes} processes for {K} walkers: give at least one walker per process")
+        walkers = _Walkers(K, P, seed, settings)
+        if state is not None:
+            walkers.restore(state)
+        else:
+            for k, r in enumerate(walkers.rngs):
+                walkers.x[k] = r.normal(0.0, settings.init_scale, P)
+        energy = problem.energy(threads=threads)
+        hessian_mode = settings.hessian
+        if hessian_mode == "auto":
+            hessian_mode = "full" if P <= FULL_HESSIAN_MAX_P else "lanczos"
+        shapes = {name: (a.shape, a.dtype, _WALKER_FIELDS[name]) for name, a in walkers.arrays().items()}
+        params = {**asdict(settings), "walkers": K, "steps": steps, "minutes": minutes, "threads": threads,
+                  "processes": processes, "resume": resume, "energy_backend": energy.backend,
+                  "hessian_used": hessian_mode}
+        run_id = db.start_run(command, seed, params, shapes)
+        stored = db.minima()
+        bar = _progress(progress, K * steps if steps else None)
+        store = _Store(db, run_id, bar)
+        deadline = time.perf_counter() + 60.0 * minutes if minutes is not None else math.inf
+        budget = steps if steps is not None else np.iinfo(np.int64).max
+        status = "failed"
+        try:
+            if processes == 1:
+                sampler = _Sampler(problem, energy, settings, hessian_mode, walkers, stored, threads, store)
+                status = sampler.run(deadline, budget)
+                counters = sampler.totals()
+            else:
+                def make(part: dict[str, np.ndarray], out) -> _Sampler:  # called in a worker process
+                    w = _Walkers(len(part["energy"]), P, seed, settings)
+                    w.restore(part)
+                    return _Sampler(problem, problem.energy(threads=threads), settings, hessian_mode, w, stored,
+                                    threads, out)
+
+                index = _index(problem, energy, stored, threads)
+                status, counters = parallel.run(store, index, walkers.arrays(), processes, make, deadline, budget)
+        finally:
+            bar.close()
+            db.end_run(run_id, status)
+        m = db.minima()
+    return SampleResult(run_id, counters, len(m), float(m.energy.min()) if len(m) else math.nan, status)
+
+
+def _index(problem: Problem, energy: Energy, stored: Minima, threads: int) -> MinimaIndex:
+    """The identification index of ``stored`` minima (ids = database rows)."""
+    return MinimaIndex.of(stored, problem.model.unit_groups(), fallback_curvature=2.0 * problem.lam,
+                          energy_gradient=energy.energy_gradient, threads=threads)
+
+
+class _Store:
+    """Where a run reports to: the database and the progress bar. Repeat finds are counted in
+    memory and written with the walker state, at most about once a second."""
+
+    def __init__(self, db: Database, run_id: int, bar):
+        self.db, self.run_id, self.bar = db, run_id, bar
+        self.pending_hits: list[int] = []
+        self.last_save = time.perf_counter()
+
+    def new_minimum(self, E: float, x: np.ndarray, grad_rms: float, eig: np.ndarray, walker: int, step: int) -> int:
+        """Store a new minimum (flushed with the batch); returns its id (database row)."""
+        return self.db.add_minimum(E, x, grad_rms, eig, (self.run_id, walker, step))
+
+    def better_copy(self, id_: int, E: float, x: np.ndarray, grad_rms: float) -> None:
+        self.db.update_minimum(id_, E, x, grad_rms)
+
+    def hit(self, id_: int) -> None:
+        self.pending_hits.append(id_)
+
+    def batch(self, finished: int, n_minima: int, counters: dict, walkers) -> None:
+        """After a batch of quenches: ``finished`` steps done, the totals so far; ``walkers``
+        gives the walker state, saved with the counters about once a second."""
+        self.bar.update(finished)
+        if time.perf_counter() - self.last_save > 1.0:
+            self.save(counters, walkers())
+        self.db.flush()
+        self.bar.set_postfix(minima=n_minima, acc=f"{counters['accepted'] / max(1, counters['steps']):.2f}",
+                             q_per_s=f"{counters['quenches'] / max(counters['wall_seconds'], 1e-9):.0f}",
+                             refresh=False)
+
+    def save(self, counters: dict, walkers: dict[str, np.ndarray]) -> None:
+        self.db.add_hits(np.array(self.pending_hits, dtype=np.int64))
+        self.pending_hits.clear()
+        self.db.save_run_state(self.run_id, counters, walkers)
+        self.db.flush()
+        self.last_save = time.perf_counter()
 
 
 class _Sampler:
-    def __init__(self, db: Database, problem: Problem, s: Settings, steps: int | None, minutes: float | None,
-                 seed: int, resume: bool, threads: int, progress: bool, command: str):
-        self.db, self.s, self.steps, self.minutes, self.progress = db, s, steps, minutes, progress
-        self.energy: Energy = problem.energy(threads=threads)
-        self.groups = problem.model.unit_groups()
-        P = problem.model.n_params
-        self.P = P
-        self.hessian_mode = s.hessian if s.hessian != "auto" else ("full" if P <= FULL_HESSIAN_MAX_P else "lanczos")
-        previous = db.runs()
-        K = s.walkers
-        if resume:
-            if not previous:
-                raise ValueError(f"{db.path} has no run to resume; drop --resume")
-            state = db.walker_state(previous[-1]["id"])
-            K = len(state["energy"])
-        self.K = K
-        self.walkers = _Walkers(K, P, seed, s)
-        if resume:
-            self.walkers.restore(state)
-        else:
-            for k, r in enumerate(self.walkers.rngs):
-                self.walkers.x[k] = r.normal(0.0, s.init_scale, P)
-        stored = db.minima()
-        self.index = MinimaIndex.of(stored, self.groups, fallback_curvature=2.0 * problem.lam,
-                                    energy_gradient=self.energy.energy_gradient, threads=threads)
+    """The basin-hopping loop of a set of walkers, reporting to ``out`` (a :class:`_Store`, or a
+    worker's outbox in :mod:`landscape.parallel`, with the same methods). Its index holds the
+    ``stored`` minima (ids = rows) and the new ones ``out`` gives ids to."""
+
+    def __init__(self, problem: Problem, energy: Energy, s: Settings, hessian_mode: str, walkers: _Walkers,
+                 stored: Minima, threads: int, out):
+        self.s, self.energy, self.hessian_mode, self.walkers, self.out = s, energy, hessian_mode, walkers, out
+        self.P = problem.model.n_params
+        self.K = len(walkers.E)
+        self.index = _index(problem, energy, stored, threads)
         self.counters = dict.fromkeys(("steps", "quenches", "converged", "accepted", "new_minima", "saddles",
                                        "refinements", "nfev"), 0)
-        shapes = {name: (a.shape, a.dtype, _WALKER_FIELDS[name]) for name, a in self.walkers.arrays().items()}
-        params = {**asdict(s), "walkers": K, "steps": steps, "minutes": minutes, "threads": threads,
-                  "resume": resume, "energy_backend": self.energy.backend, "hessian_used": self.hessian_mode}
-        self.run_id = db.start_run(command, seed, params, shapes)
-        self.opt = LBFGS(self.energy.energy_gradient, P, tol=s.tol, maxiter=s.maxiter, memory=s.memory,
+        self.opt = LBFGS(energy.energy_gradient, self.P, tol=s.tol, maxiter=s.maxiter, memory=s.memory,
                          maxstep=s.maxstep, threads=threads)
-        self.pushes = np.zeros(K, np.int64)
-        self.refining = np.zeros(K, bool)
-        self.hits = stored.hits.tolist()  # times each stored minimum was found, this run's finds included
-        self.pending_hits: list[int] = []  # repeat finds, written with the walker state (about once a second)
+        self.pushes = np.zeros(self.K, np.int64)
+        self.refining = np.zeros(self.K, bool)
+        self.hits = stored.hits.tolist()  # times each known minimum was found, this run's finds included
 
     # -- main loop -----------------------------------------------------------------------------
-    def run(self) -> SampleResult:
+    def run(self, deadline: float, budget: int, stop=None) -> str:
+        """Advance the walkers until each took ``budget`` steps, ``time.perf_counter()`` passes
+        ``deadline`` or ``stop()`` is true; returns the run's status."""
         w = self.walkers
-        t0, c0 = time.perf_counter(), time.process_time()
-        deadline = t0 + 60.0 * self.minutes if self.minutes is not None else math.inf
-        budget = self.steps if self.steps is not None else np.iinfo(np.int64).max
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
         w.steps[:] = 0  # the step budget counts within this run
         fresh = np.isinf(w.E)  # new walkers quench their random start; resumed ones take a step
         self.opt.add(np.stack([w.x[k] if fresh[k] else self._perturb(k) for k in range(self.K)]), np.arange(self.K))
-        bar = _progress(self.progress, self.K * self.steps if self.steps else None)
-        status, last_save = "completed", time.perf_counter()
+        status = "completed"
         try:
             while len(self.opt):
                 done = self.opt.step()
                 self.counters["nfev"] = self.energy.nfev
-                out_of_time = time.perf_counter() > deadline
+                out_of_time = time.perf_counter() > deadline or stop is not None and stop()
+                finished = 0
                 for j in range(len(done)):
                     k = int(done.tag[j])
                     if self._finish_quench(k, done, j):  # True: the walker's step is complete
                         w.steps[k] += 1
                         self.counters["steps"] += 1
-                        bar.update(1)
+                        finished += 1
                         if w.steps[k] < budget and not out_of_time:
                             self.opt.add(self._perturb(k)[None], np.array([k]))
                 if len(done):
-                    now = time.perf_counter()
-                    if now - last_save > 1.0:
-                        self._save(t0, c0)
-                        last_save = now
-                    self.db.flush()
-                    bar.set_postfix(minima=len(self.index), acc=f"{self._acceptance():.2f}",
-                                    q_per_s=f"{self.counters['quenches'] / max(now - t0, 1e-9):.0f}", refresh=False)
+                    self.out.batch(finished, len(self.index), self.totals(), w.arrays)
                 if out_of_time:  # abandon plain quenches, finish refinements (each may be a new minimum)
                     status = "time budget reached"
                     self.opt.drop(np.flatnonzero(~self.refining))
         except KeyboardInterrupt:
             status = "interrupted by user"
         finally:
-            bar.close()
-            self._save(t0, c0)
-            self.db.end_run(self.run_id, status)
-        m = self.db.minima()
-        return SampleResult(self.run_id, dict(self.counters), len(m), float(m.energy.min()) if len(m) else math.nan,
-                            status)
+            self.out.save(self.totals(), w.arrays())
+        return status
 
-    def _acceptance(self) -> float:
-        return self.counters["accepted"] / max(1, self.counters["steps"])
-
-    def _save(self, t0: float, c0: float) -> None:
-        self.db.add_hits(np.array(self.pending_hits, dtype=np.int64))
-        self.pending_hits.clear()
-        counters = {**self.counters, "cpu_seconds": time.process_time() - c0, "wall_seconds": time.perf_counter() - t0}
-        self.db.save_run_state(self.run_id, counters, self.walkers.arrays())
-        self.db.flush()
+    def totals(self) -> dict:
+        """The counters with this run's CPU and wall seconds so far."""
+        return {**self.counters, "cpu_seconds": time.process_time() - self.c0,
+                "wall_seconds": time.perf_counter() - self.t0}
 
     def _perturb(self, k: int) -> np.ndarray:
         w = self.walkers
@@ -345,11 +409,11 @@ class _Sampler:
         p = Point(E, x, grad_rms * np.sqrt(self.P), grad=grad)
         m = self.index.match(p, ambiguity=grad_rms > self.s.refine_tol and not refined, track=walker)
         if m.same is not None:
-            self.pending_hits.append(m.same)
+            self.out.hit(m.same)
             self.hits[m.same] += 1
             q = self.index.points[m.same]
             if p.gnorm < q.gnorm:  # a better-converged copy, in the stored copy's symmetry image
-                self.db.update_minimum(m.same, E, m.aligned, grad_rms)
+                self.out.better_copy(m.same, E, m.aligned, grad_rms)
                 self.index.add(m.same, Point(E, m.aligned, p.gnorm, q.curvature))
             return "same", m.same
         if grad_rms > self.s.refine_tol and not refined:
@@ -361,7 +425,7 @@ class _Sampler:
                 self._pushed = x + 1e-2 * h.vector
                 return "saddle", -1
             eig = h.eigenvalues
-        i = self.db.add_minimum(E, x, grad_rms, eig, (self.run_id, walker, int(self.walkers.steps[walker])))
+        i = self.out.new_minimum(E, x, grad_rms, eig, walker, int(self.walkers.steps[walker]))
         self.index.add(i, Point(E, x, p.gnorm, float(eig[0]) if eig.size else math.nan, grad))
         self.hits.append(1)
         self.counters["new_minima"] += 1

@@ -30,7 +30,7 @@ from .scoring import METHODS, SPACES, SPLITS, score
 PROBLEM_KEYS = ("data", "data_path", "label_column", "scaling", "test_fraction", "split_seed", "limit", "arch",
                 "hidden", "channels", "activation", "bias", "lam")
 SAMPLER_KEYS = tuple(f.name for f in fields(Settings))
-RUN_KEYS = ("steps", "minutes", "seed", "threads")
+RUN_KEYS = ("steps", "minutes", "seed", "threads", "processes")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=int, help="basin-hopping steps per walker")
     r.add_argument("--minutes", type=float, help="wall-time budget")
     r.add_argument("--seed", type=int)
-    r.add_argument("--threads", type=int)
+    r.add_argument("--threads", type=int, help="threads of each process (default 1)")
+    r.add_argument("--processes", type=int,
+                   help="split the walkers over N worker processes feeding this one (default 1)")
     r.add_argument("--resume", action="store_true", help="continue the walkers of the last run")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -139,7 +141,8 @@ def _sample(args: argparse.Namespace, command: str) -> int:
     if steps is None and minutes is None:
         raise ValueError("give a budget: --steps N (per walker) or --minutes M")
     res = sample(problem, args.db, settings, steps=steps, minutes=minutes, seed=run_opts.get("seed", 0),
-                 resume=args.resume, threads=run_opts.get("threads", 1), progress=not args.quiet, command=command)
+                 resume=args.resume, threads=run_opts.get("threads", 1),
+                 processes=run_opts.get("processes", 1), progress=not args.quiet, command=command)
     c = res.counters
     print(f"run {res.run} ({res.status}): {c['steps']} steps, {c['quenches']} quenches "
           f"({c['converged']} converged), {c['new_minima']} new minima, acceptance "

@@ -36,8 +36,11 @@ def test_sample_and_inspect_end_to_end(tmp_path, capsys):
     # appending needs no problem options: the file's own problem is used
     code, out, _ = run(capsys, "sample", db, "--steps", "2", "--walkers", "2", "--quiet")
     assert code == 0
+    # and from several processes
+    code, out, _ = run(capsys, "sample", db, "--steps", "2", "--processes", "2", "--quiet")
+    assert code == 0 and "run 2 (completed): 64 steps" in out  # 32 walkers, the default
     with Database(db) as d:
-        assert len(d.runs()) == 2
+        assert [r["parameters"]["processes"] for r in d.runs()] == [1, 1, 2]
 
 
 def test_progress_in_a_log_is_rate_limited(tmp_path, capsys):
@@ -78,7 +81,8 @@ def test_shipped_configs_run(tmp_path, capsys, name):
 
 
 @pytest.mark.parametrize("case", ["unknown option", "config typo", "not hdf5", "other problem", "missing db",
-                                  "bad value", "no budget", "config type", "negative visit bias"])
+                                  "bad value", "no budget", "config type", "negative visit bias",
+                                  "processes", "more processes than walkers"])
 def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case):
     db = tmp_path / "x.h5"
     assert main(["sample", str(db), *FAST, "--steps", "1"]) == 0
@@ -106,6 +110,10 @@ def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case)
         argv = ["sample", str(db), "--lam", "0", "--steps", "1"]
     elif case == "negative visit bias":
         argv = ["sample", str(db), "--visit-bias", "-1", "--steps", "1"]
+    elif case == "processes":
+        argv = ["sample", str(db), "--processes", "0", "--steps", "1"]
+    elif case == "more processes than walkers":
+        argv = ["sample", str(db), "--walkers", "2", "--processes", "3", "--steps", "1"]
     else:
         argv = ["sample", str(db), "--quiet"]
     before = target.read_bytes()

@@ -11,11 +11,6 @@ SETTINGS = landscape.Settings(walkers=8, temperature=0.01, step=1.0)
 
 
 @pytest.fixture(scope="module")
-def problem():
-    return landscape.Problem.create("iris", hidden=(3,), lam=1e-3, test_fraction=0.0)
-
-
-@pytest.fixture(scope="module")
 def sampled(problem, tmp_path_factory):
     path = tmp_path_factory.mktemp("bh") / "iris.h5"
     res = landscape.sample(problem, str(path), SETTINGS, steps=6, seed=1, progress=False)

@@ -1,0 +1,137 @@
+"""Basin-hopping split over worker processes (landscape.parallel): one writer, one set of minima."""
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import landscape
+from landscape import basinhopping, parallel
+from landscape.database import Database
+
+import test_sampler
+from test_sampler import SETTINGS
+
+SPLIT = landscape.Settings(walkers=16, temperature=0.01, step=1.0)
+
+
+@pytest.fixture(scope="module")
+def merged(problem, tmp_path_factory):
+    """A two-process run, and every report the writer merged: (path, result, merge verdicts)."""
+    verdicts = []
+    new = parallel._Merge._new
+
+    def spy(self, w, id_, E, x, *rest):
+        known = len(self.index)
+        new(self, w, id_, E, x, *rest)
+        verdicts.append(len(self.index) > known)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(parallel._Merge, "_new", spy)
+    path = tmp_path_factory.mktemp("par") / "p.h5"
+    try:
+        res = landscape.sample(problem, str(path), SPLIT, steps=6, seed=2, processes=2, progress=False)
+    finally:
+        mp.undo()
+    return path, res, verdicts
+
+
+def test_merged_minima_are_distinct_converged_and_all_counted(merged, problem):
+    path, res, verdicts = merged
+    test_sampler.test_stored_minima_recompute_from_the_file_alone((path, res))
+    test_sampler.test_no_two_stored_minima_are_the_same((path, None), problem)
+    assert res.status == "completed" and res.counters["steps"] == 6 * SPLIT.walkers
+    assert res.counters["new_minima"] == res.n_minima == sum(verdicts)
+    with Database(path) as db:
+        m, run = db.minima(), db.runs()[0]
+        first = db.walker_state(0)
+    assert m.hits.sum() == res.counters["converged"]  # every converged quench counted once
+    assert run["parameters"]["processes"] == 2 and run["counters"]["steps"] == res.counters["steps"]
+    assert set(m.first_found[:, 1]) & set(range(8)) and set(m.first_found[:, 1]) & set(range(8, 16))
+    assert np.all(first["steps"] == 6) and np.all((first["minimum"] >= 0) & (first["minimum"] < len(m)))
+
+
+def test_a_minimum_both_workers_find_is_stored_once(merged):
+    """Both halves of the walkers reach the same low minima; the writer stores each once."""
+    _, _, verdicts = merged
+    assert not all(verdicts)  # some reported 'new' minima were another worker's finds
+
+
+def test_same_seed_and_processes_give_the_same_minima(merged, problem, tmp_path):
+    path, _, _ = merged
+    again = tmp_path / "again.h5"
+    landscape.sample(problem, str(again), SPLIT, steps=6, seed=2, processes=2, progress=False)
+    with Database(path) as a, Database(again) as b:
+        ma, mb = a.minima(), b.minima()
+    np.testing.assert_array_equal(ma.energy, mb.energy)
+    np.testing.assert_array_equal(ma.coords, mb.coords)
+    np.testing.assert_array_equal(ma.hits, mb.hits)
+    np.testing.assert_array_equal(ma.first_found, mb.first_found)
+
+
+@pytest.mark.parametrize("counts", [(2, 1), (1, 3)])
+def test_resume_across_process_counts(problem, tmp_path, counts):
+    path = str(tmp_path / "r.h5")
+    first = landscape.sample(problem, path, SETTINGS, steps=3, seed=0, processes=counts[0], progress=False)
+    second = landscape.sample(problem, path, SETTINGS, steps=3, seed=0, processes=counts[1], resume=True,
+                              progress=False)
+    with Database(path) as db:
+        m = db.minima()
+        assert [r["status"] for r in db.runs()] == ["completed", "completed"]
+    assert len(m) == second.n_minima >= first.n_minima
+    assert m.hits.sum() == first.counters["converged"] + second.counters["converged"]
+    test_sampler.test_no_two_stored_minima_are_the_same((path, None), problem)
+
+
+@pytest.mark.parametrize("how", ["raises", "dies"])
+def test_a_failing_worker_stops_the_run_and_keeps_what_was_stored(problem, tmp_path, monkeypatch, how):
+    """The second worker fails at its second step; the writer stops the other, stores what was
+    reported and raises with the worker's error. The file stays a valid database."""
+    finish = basinhopping._Sampler._finish_quench
+
+    def failing(self, k, r, j):
+        if self.out.first == 4 and self.walkers.steps[k] == 1:
+            if how == "dies":
+                os._exit(3)
+            raise FloatingPointError("boom in a worker")
+        return finish(self, k, r, j)
+
+    monkeypatch.setattr(basinhopping._Sampler, "_finish_quench", failing)
+    path = str(tmp_path / "f.h5")
+    message = "boom in a worker" if how == "raises" else "exited without reporting .exit code 3"
+    with pytest.raises(RuntimeError, match=message):
+        landscape.sample(problem, path, SETTINGS, steps=50, seed=0, processes=2, progress=False)
+    with Database(path) as db:
+        m, run = db.minima(), db.runs()[0]
+    assert run["status"] == "failed" and run["ended"]
+    assert len(m) >= 1 and m.hits.sum() == run["counters"]["converged"]
+    test_sampler.test_no_two_stored_minima_are_the_same((path, None), problem)
+
+
+def test_ctrl_c_stops_the_workers_and_saves_their_walkers(problem, tmp_path, monkeypatch):
+    """Ctrl-C once the first steps are reported: the run ends as interrupted, with every
+    worker's walkers saved, and the caller's SIGINT handler is back."""
+    batch = basinhopping._Store.batch
+
+    def interrupting(self, finished, n_minima, counters, walkers):
+        if counters["steps"] > 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        batch(self, finished, n_minima, counters, walkers)
+
+    monkeypatch.setattr(basinhopping._Store, "batch", interrupting)
+    path = str(tmp_path / "i.h5")
+    handler = signal.getsignal(signal.SIGINT)
+    res = landscape.sample(problem, path, SETTINGS, minutes=2.0, seed=0, processes=2, progress=False)
+    assert res.status == "interrupted by user" and res.counters["steps"] > 0
+    assert res.counters["wall_seconds"] < 60
+    with Database(path) as db:
+        state, run = db.walker_state(0), db.runs()[0]
+    assert run["status"] == "interrupted by user"
+    assert state["steps"].sum() == res.counters["steps"]
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_more_processes_than_walkers_is_refused(problem, tmp_path):
+    path = tmp_path / "n.h5"
+    with pytest.raises(ValueError, match="at least one walker per process"):
+        landscape.sample(problem, str(path), SETTINGS, steps=1, processes=9, progress=False)
