@@ -252,8 +252,10 @@ class _Store:
         self.pending_hits: list[int] = []
         self.last_save = time.perf_counter()
 
-    def new_minimum(self, E: float, x: np.ndarray, grad_rms: float, eig: np.ndarray, walker: int, step: int) -> int:
-        """Store a new minimum (flushed with the batch); returns its id (database row)."""
+    def new_minimum(self, E: float, x: np.ndarray, grad: np.ndarray, grad_rms: float, eig: np.ndarray, walker: int,
+                    step: int) -> int:
+        """Store a new minimum (flushed with the batch; its gradient ``grad`` is not stored);
+        returns its id (database row)."""
         return self.db.add_minimum(E, x, grad_rms, eig, (self.run_id, walker, step))
 
     def better_copy(self, id_: int, E: float, x: np.ndarray, grad_rms: float) -> None:
@@ -425,7 +427,7 @@ class _Sampler:
                 self._pushed = x + 1e-2 * h.vector
                 return "saddle", -1
             eig = h.eigenvalues
-        i = self.out.new_minimum(E, x, grad_rms, eig, walker, int(self.walkers.steps[walker]))
+        i = self.out.new_minimum(E, x, grad, grad_rms, eig, walker, int(self.walkers.steps[walker]))
         self.index.add(i, Point(E, x, p.gnorm, float(eig[0]) if eig.size else math.nan, grad))
         self.hits.append(1)
         self.counters["new_minima"] += 1
