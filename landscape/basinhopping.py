@@ -228,8 +228,8 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
                     return _Sampler(problem, problem.energy(threads=threads), settings, hessian_mode, w, stored,
                                     threads, out)
 
-                index = _index(problem, energy, stored, threads)
-                status, counters = parallel.run(store, index, walkers.arrays(), processes, make, deadline, budget)
+                status, counters = parallel.run(store, stored, lambda: _index(problem, energy, threads),
+                                                walkers.arrays(), processes, make, deadline, budget)
         finally:
             bar.close()
             db.end_run(run_id, status)
@@ -237,10 +237,10 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     return SampleResult(run_id, counters, len(m), float(m.energy.min()) if len(m) else math.nan, status)
 
 
-def _index(problem: Problem, energy: Energy, stored: Minima, threads: int) -> MinimaIndex:
-    """The identification index of ``stored`` minima (ids = database rows)."""
-    return MinimaIndex.of(stored, problem.model.unit_groups(), fallback_curvature=2.0 * problem.lam,
-                          energy_gradient=energy.energy_gradient, threads=threads)
+def _index(problem: Problem, energy: Energy, threads: int, stored: Minima | None = None) -> MinimaIndex:
+    """An identification index (ids = database rows) holding the ``stored`` minima, or none."""
+    args = (problem.model.unit_groups(), 2.0 * problem.lam, energy.energy_gradient, threads)
+    return MinimaIndex(*args) if stored is None else MinimaIndex.of(stored, *args)
 
 
 class _Store:
@@ -293,7 +293,7 @@ class _Sampler:
         self.s, self.energy, self.hessian_mode, self.walkers, self.out = s, energy, hessian_mode, walkers, out
         self.P = problem.model.n_params
         self.K = len(walkers.E)
-        self.index = _index(problem, energy, stored, threads)
+        self.index = _index(problem, energy, threads, stored)
         self.counters = dict.fromkeys(("steps", "quenches", "converged", "accepted", "new_minima", "saddles",
                                        "refinements", "nfev"), 0)
         self.opt = LBFGS(energy.energy_gradient, self.P, tol=s.tol, maxiter=s.maxiter, memory=s.memory,

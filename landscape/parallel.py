@@ -4,9 +4,11 @@ The walkers are split into ``processes`` contiguous parts. Each part runs the sa
 a forked worker process, with its own identification index that starts from the minima stored
 before the run. A worker reports what it finds: new minima (refined and checked as in one
 process), better-converged copies, and repeat finds, each tagged with its batch number (L-BFGS
-iterations that finished quenches). This process is the only writer. It identifies every
-reported minimum against all stored ones, so a minimum two workers find is stored once, with
-the first report's provenance, and writes minima, hits and walker state through the run's store.
+iterations that finished quenches). This process is the only writer. A worker's index already
+holds the minima stored before the run and its own finds, so the writer matches a report only
+against the minima other workers found first in this run: a minimum two workers find is stored
+once, with the first report's provenance. It writes minima, hits and walker state through the
+run's store.
 
 Reports are merged in the order (batch, worker), up to the last batch every running worker has
 finished, so the same seed, step budget, threads and processes give the same minima. Each worker
@@ -36,8 +38,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .database import COUNTERS
-from .identify import MinimaIndex, Point, align
+from .database import COUNTERS, Minima
+from .identify import MinimaIndex, Point, align, stored_point
 
 AVAILABLE = "fork" in mp.get_all_start_methods()  # workers are forked (Linux)
 SEND_EVERY = 0.05  # seconds between a worker's reports
@@ -139,10 +141,15 @@ class _Worker:
 
 
 class _Merge:
-    """Identifies the workers' reports against every stored minimum and writes them to the store."""
+    """Identifies the workers' reports and writes them to the store. A worker's index holds the
+    minima stored before the run and its own finds, so a report it calls new is matched here only
+    against the minima other workers found first in this run (one index per worker)."""
 
-    def __init__(self, store, index: MinimaIndex):
-        self.store, self.index, self.n_known, self.new = store, index, len(index), 0
+    def __init__(self, store, stored: Minima, new_index: Callable[[], MinimaIndex], processes: int):
+        self.store, self.n_known, self.new = store, len(stored), 0
+        self.points = {i: stored_point(stored, i) for i in range(len(stored))}  # row -> best copy
+        self.found = [new_index() for _ in range(processes)]  # per worker: rows it reported first
+        self.owner: dict[int, int] = {}  # row -> index in found
 
     def row(self, w: _Worker, id_: int) -> int:
         return id_ if id_ < self.n_known else w.ids[id_]
@@ -158,34 +165,38 @@ class _Merge:
             todo += [(e[0], n, j, e) for j, e in enumerate(w.queue[:k])]
             del w.queue[:k]
         for _, n, _, e in sorted(todo, key=lambda t: t[:3]):
-            getattr(self, "_" + e[1])(workers[n], *e[2:])
+            getattr(self, "_" + e[1])(n, workers[n], *e[2:])
 
-    def _new(self, w: _Worker, id_: int, E: float, x: np.ndarray, grad: np.ndarray, grad_rms: float,
+    def _new(self, n: int, w: _Worker, id_: int, E: float, x: np.ndarray, grad: np.ndarray, grad_rms: float,
              eig: np.ndarray, walker: int, step: int) -> None:
         # with its gradient, as in the worker: on soft landscapes the Newton test is what tells
         # neighbouring minima apart (without it, one digits run stored 132 of 4,559 minima)
         p = Point(E, x, grad_rms * math.sqrt(x.size), float(eig[0]) if eig.size else math.nan, grad)
-        m = self.index.match(p, ambiguity=False)
-        if m.same is None:
-            w.ids[id_] = self.store.new_minimum(E, x, grad, grad_rms, eig, walker, step)
-            self.index.add(w.ids[id_], p)
-            self.new += 1
-            return
-        w.ids[id_] = m.same  # another worker's find
-        self.store.hit(m.same)
-        self._better(m.same, E, m.aligned, grad_rms)
+        for v, index in enumerate(self.found):
+            m = index.match(p, ambiguity=False) if v != n and len(index) else None
+            if m is not None and m.same is not None:  # another worker's find
+                w.ids[id_] = m.same
+                self.store.hit(m.same)
+                self._better(m.same, E, m.aligned, grad_rms)
+                return
+        w.ids[id_] = row = self.store.new_minimum(E, x, grad, grad_rms, eig, walker, step)
+        self.points[row], self.owner[row] = p, n
+        self.found[n].add(row, p)
+        self.new += 1
 
     def _better(self, row: int, E: float, x: np.ndarray, grad_rms: float) -> None:
-        q = self.index.points[row]
+        q = self.points[row]
         if grad_rms * math.sqrt(x.size) < q.gnorm:
-            x = align(q.x, x, self.index.groups)
+            x = align(q.x, x, self.found[0].groups)
             self.store.better_copy(row, E, x, grad_rms)
-            self.index.add(row, Point(E, x, grad_rms * math.sqrt(x.size), q.curvature))
+            self.points[row] = Point(E, x, grad_rms * math.sqrt(x.size), q.curvature)
+            if row in self.owner:
+                self.found[self.owner[row]].add(row, self.points[row])
 
-    def _hit(self, w: _Worker, id_: int) -> None:
+    def _hit(self, n: int, w: _Worker, id_: int) -> None:
         self.store.hit(self.row(w, id_))
 
-    def _better_copy(self, w: _Worker, id_: int, E: float, x: np.ndarray, grad_rms: float) -> None:
+    def _better_copy(self, n: int, w: _Worker, id_: int, E: float, x: np.ndarray, grad_rms: float) -> None:
         self._better(self.row(w, id_), E, x, grad_rms)
 
     def walkers(self, workers: list[_Worker]) -> dict[str, np.ndarray]:
@@ -196,11 +207,12 @@ class _Merge:
         return state
 
 
-def run(store, index: MinimaIndex, walkers: dict[str, np.ndarray], processes: int, make: Callable, deadline: float,
-        budget: int) -> tuple[str, dict]:
+def run(store, stored: Minima, new_index: Callable[[], MinimaIndex], walkers: dict[str, np.ndarray], processes: int,
+        make: Callable, deadline: float, budget: int) -> tuple[str, dict]:
     """Run the ``walkers`` (state arrays, K rows) split over ``processes`` workers; ``make(part,
-    outbox)`` builds a worker's sampler, ``index`` holds the stored minima. Returns the run's
-    status and its counters (summed over the workers; CPU seconds include this process's)."""
+    outbox)`` builds a worker's sampler, ``new_index()`` an empty identification index;
+    ``stored``: the minima stored before the run. Returns the run's status and its counters
+    (summed over the workers; CPU seconds include this process's)."""
     ctx = mp.get_context("fork")
     t0, c0 = time.perf_counter(), time.process_time()
     cuts = np.linspace(0, len(walkers["energy"]), processes + 1).round().astype(int)
@@ -209,12 +221,12 @@ def run(store, index: MinimaIndex, walkers: dict[str, np.ndarray], processes: in
     for a, b in zip(cuts[:-1], cuts[1:]):
         recv, send = ctx.Pipe(duplex=False)
         part = {name: v[a:b] for name, v in walkers.items()}
-        p = ctx.Process(target=_work, args=(send, stop, make, part, int(a), len(index), deadline, budget),
+        p = ctx.Process(target=_work, args=(send, stop, make, part, int(a), len(stored), deadline, budget),
                         name=f"landscape-walkers-{a}-{b}", daemon=True)
         p.start()
         send.close()
         workers.append(_Worker(p, recv, part, int(a)))
-    merge = _Merge(store, index)
+    merge = _Merge(store, stored, new_index, processes)
     interrupted = threading.Event()
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if on_main else None
@@ -235,7 +247,7 @@ def run(store, index: MinimaIndex, walkers: dict[str, np.ndarray], processes: in
             if interrupted.is_set() or any(w.error for w in workers):
                 stop.set()
             merge.events(workers)
-            store.batch(finished, len(index), totals(), lambda: merge.walkers(workers))
+            store.batch(finished, len(merge.points), totals(), lambda: merge.walkers(workers))
     finally:
         stop.set()
         if on_main:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import landscape
-from landscape import basinhopping, parallel
-from landscape.database import Database
+from landscape import basinhopping, identify, parallel
+from landscape.database import Database, Minima
 
 import test_sampler
 from test_sampler import SETTINGS
@@ -17,14 +17,14 @@ SPLIT = landscape.Settings(walkers=16, temperature=0.01, step=1.0)
 
 def _sample_recording_merges(problem, path, settings, **kw):
     """Run ``sample`` with two processes, recording each report the writer merges as (reporting
-    worker's first walker, database row, stored as new?)."""
+    worker's first walker, database row, stored as new?, the report's coordinates, the row's)."""
     verdicts = []
     new = parallel._Merge._new
 
-    def spy(self, w, id_, *rest):
-        known = len(self.index)
-        new(self, w, id_, *rest)
-        verdicts.append((w.first, w.ids[id_], len(self.index) > known))
+    def spy(self, n, w, id_, E, x, *rest):
+        known = self.new
+        new(self, n, w, id_, E, x, *rest)
+        verdicts.append((w.first, w.ids[id_], self.new > known, x, self.points[w.ids[id_]].x))
 
     mp = pytest.MonkeyPatch()
     mp.setattr(parallel._Merge, "_new", spy)
@@ -35,23 +35,16 @@ def _sample_recording_merges(problem, path, settings, **kw):
     return res, verdicts
 
 
-def _merged_into_own_finds(verdicts) -> int:
-    """Reports merged into a minimum their own worker reported first: a worker stores a minimum
-    once, so each is a verdict of the writer that the worker's index contradicts."""
-    first = {row: worker for worker, row, new in verdicts if new}
-    return sum(not new and first.get(row) == worker for worker, row, new in verdicts)
-
-
 @pytest.fixture(scope="module")
 def merged(problem, tmp_path_factory):
     """A two-process run and the writer's verdicts: (path, result, verdicts)."""
     path = tmp_path_factory.mktemp("par") / "p.h5"
     res, verdicts = _sample_recording_merges(problem, path, SPLIT, steps=6, seed=2)
-    return path, res, [new for *_, new in verdicts], verdicts
+    return path, res, [v[2] for v in verdicts]
 
 
 def test_merged_minima_are_distinct_converged_and_all_counted(merged, problem):
-    path, res, verdicts, _ = merged
+    path, res, verdicts = merged
     test_sampler.test_stored_minima_recompute_from_the_file_alone((path, res))
     test_sampler.test_no_two_stored_minima_are_the_same((path, None), problem)
     assert res.status == "completed" and res.counters["steps"] == 6 * SPLIT.walkers
@@ -67,22 +60,58 @@ def test_merged_minima_are_distinct_converged_and_all_counted(merged, problem):
 
 def test_a_minimum_both_workers_find_is_stored_once(merged):
     """Both halves of the walkers reach the same low minima; the writer stores each once."""
-    *_, new, verdicts = merged
+    *_, new = merged
     assert not all(new)  # some reported 'new' minima were another worker's finds
-    assert _merged_into_own_finds(verdicts) == 0
 
 
-def test_the_writer_tells_neighbouring_minima_apart_as_a_worker_does(tmp_path):
+class _Recorder:
+    """A store that keeps what the writer tells it: rows of new minima and repeat finds."""
+
+    def __init__(self):
+        self.rows, self.hits = 0, []
+
+    def new_minimum(self, *report) -> int:
+        self.rows += 1
+        return self.rows - 1
+
+    def hit(self, row: int) -> None:
+        self.hits.append(row)
+
+    def better_copy(self, *copy) -> None:
+        pass
+
+
+def test_the_writer_tells_neighbouring_minima_apart_and_joins_images(tmp_path):
     """On a soft landscape (digits subset, minima stored at RMS 1e-6 without a Hessian, so the
-    curvature is unknown) only the Newton test, which needs each report's gradient, separates
-    neighbouring minima. The writer must not merge what a worker's own index kept apart
-    (without the gradient it merged 40 of 67 reports so)."""
+    curvature is unknown) the Newton test, which needs each report's gradient, is what separates
+    neighbouring minima. A one-process run's minima, which its index kept apart, are reported
+    alternately by two workers: the writer stores every one. A symmetry image of one of them,
+    reported by the other worker, is joined to it. (Without the reports' gradients the writer
+    joined 24 of 67 distinct minima.)"""
     soft = landscape.Problem.create("digits", hidden=(8,), lam=1e-4, test_fraction=0.0, scaling="standardize",
                                     limit=300)
     settings = landscape.Settings(walkers=16, temperature=0.01, step=0.3, hessian="none", refine_tol=1e-6)
-    res, verdicts = _sample_recording_merges(soft, tmp_path / "soft.h5", settings, steps=10, seed=2)
-    assert len(verdicts) >= 20 and _merged_into_own_finds(verdicts) == 0
-    assert res.n_minima == sum(new for *_, new in verdicts)
+    path = tmp_path / "one.h5"
+    landscape.sample(soft, str(path), settings, steps=10, seed=2, progress=False)
+    with Database(path) as db:
+        m = db.minima()
+    E = soft.energy()
+    _, G = E.energy_gradient(m.coords)
+    none = Minima(**{name: a[:0] for name, a in vars(m).items()})
+    store = _Recorder()
+    merge = parallel._Merge(store, none, lambda: basinhopping._index(soft, E, 1), 2)
+    workers = [parallel._Worker(None, None, {}, first) for first in (0, 8)]
+    def report(n: int, id_: int, i: int, x: np.ndarray, g: np.ndarray) -> None:  # minimum i at x, from worker n
+        merge._new(n, workers[n], id_, m.energy[i], x, g, m.grad_rms[i], np.zeros(0), 0, 0)
+
+    for i in range(len(m)):
+        report(i % 2, i, i, m.coords[i], G[i])
+    assert len(m) >= 20 and merge.new == store.rows == len(m) and not store.hits
+    groups = soft.model.unit_groups()
+    image = identify.random_image(m.coords[0], groups, np.random.default_rng(0))
+    grad = identify.apply(G[0], identify.alignment(image, m.coords[0], groups))
+    report(1, len(m), 0, image, grad)
+    assert store.hits == [workers[0].ids[0]] and workers[1].ids[len(m)] == workers[0].ids[0]
 
 
 def test_same_seed_and_processes_give_the_same_minima(merged, problem, tmp_path):
