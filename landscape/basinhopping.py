@@ -174,7 +174,7 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     many worker processes of ``threads`` threads each (:mod:`landscape.parallel`; Linux: needs
     the fork start method). NumPy's and SciPy's BLAS run on ``threads`` threads during the run
     (idle OpenBLAS threads spin: with their default of one per core, a one-thread run took
-    1.35 CPU-seconds a second, and two worker processes slowed each other by a third). Sets the
+    1.35 CPU-seconds a second, and two worker processes slowed each other by a quarter). Sets the
     process's allocator to keep freed memory (:mod:`landscape.allocator`).
     """
     if steps is None and minutes is None:
@@ -188,19 +188,11 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     torch.set_num_threads(threads)
     allocator.keep_freed_memory()
     with threadpool_limits(limits=threads), Database(path, problem, mode="a") as db:
-        previous, P = db.runs(), problem.model.n_params
-        if resume and not previous:
-            raise ValueError(f"{db.path} has no run to resume; drop --resume")
-        state = db.walker_state(previous[-1]["id"]) if resume else None
-        K = len(state["energy"]) if resume else settings.walkers
+        P = problem.model.n_params
+        walkers = _start(db, P, settings, seed, resume)
+        K = len(walkers.E)
         if processes > K:
             raise ValueError(f"{processes} processes for {K} walkers: give at least one walker per process")
-        walkers = _Walkers(K, P, seed, settings)
-        if state is not None:
-            walkers.restore(state)
-        else:
-            for k, r in enumerate(walkers.rngs):
-                walkers.x[k] = r.normal(0.0, settings.init_scale, P)
         energy = problem.energy(threads=threads)
         hessian_mode = settings.hessian
         if hessian_mode == "auto":
@@ -235,6 +227,22 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
             db.end_run(run_id, status)
         m = db.minima()
     return SampleResult(run_id, counters, len(m), float(m.energy.min()) if len(m) else math.nan, status)
+
+
+def _start(db: Database, P: int, settings: Settings, seed: int, resume: bool) -> _Walkers:
+    """The walkers of the file's last run (``resume``), or ``settings.walkers`` new ones at
+    N(0, init_scale^2) weights drawn from their own streams."""
+    previous = db.runs()
+    if resume and not previous:
+        raise ValueError(f"{db.path} has no run to resume; drop --resume")
+    state = db.walker_state(previous[-1]["id"]) if resume else None
+    walkers = _Walkers(len(state["energy"]) if resume else settings.walkers, P, seed, settings)
+    if state is not None:
+        walkers.restore(state)
+    else:
+        for k, r in enumerate(walkers.rngs):
+            walkers.x[k] = r.normal(0.0, settings.init_scale, P)
+    return walkers
 
 
 def _index(problem: Problem, energy: Energy, threads: int, stored: Minima | None = None) -> MinimaIndex:

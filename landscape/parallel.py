@@ -222,7 +222,7 @@ def run(store, stored: Minima, new_index: Callable[[], MinimaIndex], walkers: di
         recv, send = ctx.Pipe(duplex=False)
         part = {name: v[a:b] for name, v in walkers.items()}
         p = ctx.Process(target=_work, args=(send, stop, make, part, int(a), len(stored), deadline, budget),
-                        name=f"landscape-walkers-{a}-{b}", daemon=True)
+                        name=f"landscape-walkers-{a}-{b - 1}", daemon=True)
         p.start()
         send.close()
         workers.append(_Worker(p, recv, part, int(a)))
@@ -261,7 +261,8 @@ def run(store, stored: Minima, new_index: Callable[[], MinimaIndex], walkers: di
     failed = [w for w in workers if w.error]
     if failed:
         w = failed[0]
-        raise RuntimeError(f"sampler process for walkers {w.first}-: {w.error.strip().splitlines()[-1]}")
+        lines = w.error.strip().splitlines()
+        raise RuntimeError("\n".join([f"{w.process.name} failed: {lines[-1]}", *lines[:-1]]))
     if interrupted.is_set():
         return "interrupted by user", totals()
     statuses = {w.status for w in workers}

@@ -155,7 +155,8 @@ def test_a_failing_worker_stops_the_run_and_keeps_what_was_stored(problem, tmp_p
 
     monkeypatch.setattr(basinhopping._Sampler, "_finish_quench", failing)
     path = str(tmp_path / "f.h5")
-    message = "boom in a worker" if how == "raises" else "exited without reporting .exit code 3"
+    message = ("landscape-walkers-4-7 failed: " + ("FloatingPointError: boom in a worker" if how == "raises"
+                                                  else "worker process exited without reporting .exit code 3"))
     with pytest.raises(RuntimeError, match=message):
         landscape.sample(problem, path, SETTINGS, steps=50, seed=0, processes=2, progress=False)
     with Database(path) as db:
