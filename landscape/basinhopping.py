@@ -23,8 +23,8 @@ Each walker draws from its own random stream (spawned from ``seed``), so the sam
 budget, thread count and process count give the same minima (with the compiled kernel, any
 thread count gives the same; ``processes`` > 1 splits the walkers into independent groups,
 :mod:`landscape.parallel`, so it changes the walk). On two cores, two processes of one thread
-each run about 1.6x the quenches of one process of two threads (Iris). Defaults are
-:class:`Settings`.
+each run 1.65x the quenches of one process of two threads (Iris, 4,510 against 2,730 a second).
+Defaults are :class:`Settings`.
 """
 from __future__ import annotations
 
