@@ -26,8 +26,10 @@ worker that fails stops the others; what was reported is stored, and the error i
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
@@ -88,18 +90,25 @@ class _Outbox:
             self.last_state = self.last_send
 
 
-def _work(conn: connection.Connection, stop, make: Callable, part: dict, first: int, n_known: int,
-          deadline: float, budget: int) -> None:
+def _work(conn: connection.Connection, inherited: list[connection.Connection], stop, make: Callable, part: dict,
+          first: int, n_known: int, deadline: float, budget: int) -> None:
     """A worker process: run the walkers ``part`` and report to ``conn``; last a packet with
-    ``status`` or ``error``."""
+    ``status`` or ``error``. It closes the writer's ends of the pipes (``inherited``), so that
+    when the writer dies its sends fail at once; it also stops when it finds itself orphaned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    for c in inherited:
+        c.close()
+    writer = os.getppid()
     try:
         sampler = make(part, _Outbox(conn, first, n_known))
-        status = sampler.run(deadline, budget, stop.is_set)
+        status = sampler.run(deadline, budget, lambda: stop.is_set() or os.getppid() != writer)
         conn.send(dict(status=status))
+    except BrokenPipeError:  # the writer is gone: nobody to report to
+        pass
     except BaseException:  # reported to the writer, which raises it
-        conn.send(dict(error=traceback.format_exc()))
+        with contextlib.suppress(BrokenPipeError):
+            conn.send(dict(error=traceback.format_exc()))
     finally:
         conn.close()
 
@@ -221,7 +230,8 @@ def run(store, stored: Minima, new_index: Callable[[], MinimaIndex], walkers: di
     for a, b in zip(cuts[:-1], cuts[1:]):
         recv, send = ctx.Pipe(duplex=False)
         part = {name: v[a:b] for name, v in walkers.items()}
-        p = ctx.Process(target=_work, args=(send, stop, make, part, int(a), len(stored), deadline, budget),
+        inherited = [w.conn for w in workers] + [recv]
+        p = ctx.Process(target=_work, args=(send, inherited, stop, make, part, int(a), len(stored), deadline, budget),
                         name=f"landscape-walkers-{a}-{b - 1}", daemon=True)
         p.start()
         send.close()

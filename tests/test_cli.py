@@ -135,17 +135,35 @@ class _nothing:
         return False
 
 
-def test_killed_run_leaves_a_readable_file_with_what_it_reported(tmp_path):
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_killed_run_leaves_a_readable_file_with_what_it_reported(tmp_path, processes):
+    """SIGKILL of the writer: the file holds what was reported and can be resumed; worker
+    processes notice and exit at once (they hold no ends of each other's pipes)."""
     db = tmp_path / "k.h5"
-    cmd = [sys.executable, "-m", "landscape.cli", "sample", str(db), *FAST, "--minutes", "5"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    cmd = [sys.executable, "-m", "landscape.cli", "sample", str(db), *FAST, "--minutes", "5",
+           "--processes", str(processes)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 60
     while time.time() < deadline and (not db.exists() or db.stat().st_size < 20000):
         time.sleep(0.5)
     time.sleep(1.5)
+    workers = [int(d) for d in os.listdir("/proc") if d.isdigit() and (_proc_stat(int(d)) or ["", "0"])[1] == str(proc.pid)]
+    assert len(workers) == (processes if processes > 1 else 0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    time.sleep(2.0)
+    assert all((_proc_stat(pid) or ["Z"])[0] == "Z" for pid in workers)  # exited (a zombie if nobody reaps it)
+    assert proc.stderr.read() == b""  # and quietly
     with Database(db) as d:  # opens, and holds what was reported
         m = d.minima()
         runs = d.runs()
