@@ -114,8 +114,8 @@ def _work(conn: connection.Connection, inherited: list[connection.Connection], s
 
 
 class _Worker:
-    def __init__(self, process, conn: connection.Connection, part: dict[str, np.ndarray], first: int):
-        self.process, self.conn, self.first = process, conn, first
+    def __init__(self, process, conn: connection.Connection, part: dict[str, np.ndarray]):
+        self.process, self.conn = process, conn
         self.state = part  # latest walker state; its 'minimum' holds the worker's own ids
         self.queue: list[tuple] = []  # reported events not yet merged
         self.through = -1  # last batch whose events have all arrived
@@ -235,7 +235,7 @@ def run(store, stored: Minima, new_index: Callable[[], MinimaIndex], walkers: di
                         name=f"landscape-walkers-{a}-{b - 1}", daemon=True)
         p.start()
         send.close()
-        workers.append(_Worker(p, recv, part, int(a)))
+        workers.append(_Worker(p, recv, part))
     merge = _Merge(store, stored, new_index, processes)
     interrupted = threading.Event()
     on_main = threading.current_thread() is threading.main_thread()

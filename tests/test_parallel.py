@@ -15,32 +15,26 @@ from test_sampler import SETTINGS
 SPLIT = landscape.Settings(walkers=16, temperature=0.01, step=1.0)
 
 
-def _sample_recording_merges(problem, path, settings, **kw):
-    """Run ``sample`` with two processes, recording each report the writer merges as (reporting
-    worker's first walker, database row, stored as new?, the report's coordinates, the row's)."""
+@pytest.fixture(scope="module")
+def merged(problem, tmp_path_factory):
+    """A two-process run and the writer's verdict on each report of a new minimum (True:
+    stored; False: joined to another worker's find): (path, result, verdicts)."""
     verdicts = []
     new = parallel._Merge._new
 
-    def spy(self, n, w, id_, E, x, *rest):
+    def spy(self, *report):
         known = self.new
-        new(self, n, w, id_, E, x, *rest)
-        verdicts.append((w.first, w.ids[id_], self.new > known, x, self.points[w.ids[id_]].x))
+        new(self, *report)
+        verdicts.append(self.new > known)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(parallel._Merge, "_new", spy)
+    path = tmp_path_factory.mktemp("par") / "p.h5"
     try:
-        res = landscape.sample(problem, str(path), settings, processes=2, progress=False, **kw)
+        res = landscape.sample(problem, str(path), SPLIT, steps=6, seed=2, processes=2, progress=False)
     finally:
         mp.undo()
-    return res, verdicts
-
-
-@pytest.fixture(scope="module")
-def merged(problem, tmp_path_factory):
-    """A two-process run and the writer's verdicts: (path, result, verdicts)."""
-    path = tmp_path_factory.mktemp("par") / "p.h5"
-    res, verdicts = _sample_recording_merges(problem, path, SPLIT, steps=6, seed=2)
-    return path, res, [v[2] for v in verdicts]
+    return path, res, verdicts
 
 
 def test_merged_minima_are_distinct_converged_and_all_counted(merged, problem):
@@ -100,7 +94,7 @@ def test_the_writer_tells_neighbouring_minima_apart_and_joins_images(tmp_path):
     none = Minima(**{name: a[:0] for name, a in vars(m).items()})
     store = _Recorder()
     merge = parallel._Merge(store, none, lambda: basinhopping._index(soft, E, 1), 2)
-    workers = [parallel._Worker(None, None, {}, first) for first in (0, 8)]
+    workers = [parallel._Worker(None, None, {}) for _ in range(2)]
     def report(n: int, id_: int, i: int, x: np.ndarray, g: np.ndarray) -> None:  # minimum i at x, from worker n
         merge._new(n, workers[n], id_, m.energy[i], x, g, m.grad_rms[i], np.zeros(0), 0, 0)
 
