@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, help="threads of each process (default 1)")
     r.add_argument("--processes", type=int,
                    help="split the walkers over N worker processes feeding this one (default 1)")
-    r.add_argument("--resume", action="store_true", help="continue the walkers of the last run")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the walkers of the last run, with its settings unless given now")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
     c = sub.add_parser("score", help="robustness scores (sensitivity) of every stored minimum")
@@ -136,6 +137,11 @@ def _sample(args: argparse.Namespace, command: str) -> int:
             problem = db.problem
     else:
         problem = _problem(prob_opts)
+    if args.resume and os.path.exists(args.db):
+        with Database(args.db) as db:  # the last run's settings, unless given now
+            runs = db.runs()
+        last = runs[-1]["parameters"] if runs else {}
+        run_opts = {**{k: last[k] for k in SAMPLER_KEYS + ("threads", "processes") if k in last}, **run_opts}
     settings = Settings(**{k: run_opts[k] for k in SAMPLER_KEYS if k in run_opts})
     steps, minutes = run_opts.get("steps"), run_opts.get("minutes")
     if steps is None and minutes is None:

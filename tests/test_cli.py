@@ -43,6 +43,18 @@ def test_sample_and_inspect_end_to_end(tmp_path, capsys):
         assert [r["parameters"]["processes"] for r in d.runs()] == [1, 1, 2]
 
 
+def test_resume_keeps_the_last_runs_settings_unless_given(tmp_path, capsys):
+    db = str(tmp_path / "r.h5")
+    assert main(["sample", db, *FAST, "--steps", "1", "--temperature", "0.02", "--visit-bias", "2",
+                 "--fixed-step"]) == 0
+    assert main(["sample", db, "--resume", "--steps", "1", "--quiet"]) == 0
+    assert main(["sample", db, "--resume", "--steps", "1", "--temperature", "0.05", "--quiet"]) == 0
+    with Database(db) as d:
+        used = [r["parameters"] for r in d.runs()]
+    assert [(u["temperature"], u["visit_bias"], u["adaptive"]) for u in used] == [(0.02, 2.0, False)] * 2 + [
+        (0.05, 2.0, False)]
+
+
 def test_progress_in_a_log_is_rate_limited(tmp_path, capsys):
     """Off a terminal (a log file, a pipe) the progress bar is redrawn at most every 10 s, not
     on every finished batch: a run of a few hundred quenches writes the first and last bar."""
