@@ -16,15 +16,19 @@ Cases:
               Hessian check) and once fully checked (refined to 1e-10, Lanczos eigenvalues).
   discovery   the peers adapt their steps (from 1.0); ours runs its discovery setting (fixed step
               3, quench step cap 0.3, quench memory 20, visit bias 4: measured best, see the README
-              and runs/iris_discovery.toml). Every minimum
-              found by any tool is refined to RMS 1e-10 and matched under the network's
-              symmetries; reports how many distinct minima each found, and whether ours, given a
-              third of the peer's time, found every minimum the peer found. With --peer-seeds N,
-              pele also runs with seeds 1..N-1 for the whole time, and each such run is scored
-              the same way against pele's seed-0 run: the baseline of how completely the peer
-              itself repeats its own finds.
+              and runs/iris_discovery.toml). Every minimum found by any tool is refined to RMS
+              1e-10 and matched under the network's symmetries; reports how many distinct minima
+              each found, and whether ours, given a third of the peer's time, found every minimum
+              the peer found. With --peer-seeds N, pele also runs with seeds 1..N-1 for the whole
+              time, and each such run is scored the same way against pele's seed-0 run: the
+              baseline of how completely the peer itself repeats its own finds.
+  pairings    (not in 'all') pele's discovery runs with seeds 0..N-1 (--peer-seeds N) for the whole
+              time; ours in its discovery setting with seeds 1..R (--repeats R) for a third of it, as
+              one process and as two processes of as many walkers each (on two cores). Reports how
+              many (our run, pele run) pairings found every pele minimum. As in the README:
+              --seconds 60 --repeats 16 --peer-seeds 3 (about 15 minutes).
 
-usage: OMP_NUM_THREADS=1 python benchmarks/sampling.py [--case throughput|discovery|digits|all]
+usage: OMP_NUM_THREADS=1 python benchmarks/sampling.py [--case throughput|discovery|digits|pairings|all]
        [--seconds 60] [--walkers 256] [--peer-energy numpy|kernel] [--discovery-step 3.0]
        [--discovery-maxstep 0.3] [--discovery-memory 20] [--discovery-visit-bias 4.0] [--discovery-adaptive]
        [--repeats 1] [--peer-seeds 1]
@@ -182,9 +186,14 @@ def distinct(problem: landscape.Problem, reference: landscape.database.Minima | 
                 ref.add(len(ref), p)
     else:
         ref = identify.MinimaIndex.of(reference, groups, 2 * problem.lam)
-    own = identify.MinimaIndex(groups, 2 * problem.lam)
+    return _count(problem, ref, _refined(problem, X))
+
+
+def _count(problem: landscape.Problem, ref: identify.MinimaIndex, points: list[identify.Point]) -> tuple[int, int]:
+    """(distinct minima among refined ``points``, how many of those ``ref`` lacks)."""
+    own = identify.MinimaIndex(problem.model.unit_groups(), 2 * problem.lam)
     missed = 0
-    for p in _refined(problem, X):
+    for p in points:
         if own.match(p).same is None:
             own.add(len(own), p)
             missed += ref.match(p).same is None
@@ -220,7 +229,7 @@ def show(row: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", default="all", choices=("throughput", "discovery", "digits", "all"))
+    ap.add_argument("--case", default="all", choices=("throughput", "discovery", "digits", "pairings", "all"))
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--walkers", type=int, default=256)
     ap.add_argument("--discovery-step", type=float, default=3.0,
@@ -232,9 +241,11 @@ def main() -> None:
     ap.add_argument("--discovery-visit-bias", type=float, default=4.0,
                     help="our visit bias in the discovery case (0: plain Metropolis)")
     ap.add_argument("--repeats", type=int, default=1,
-                    help="discovery: our third-of-the-time runs with seeds 0..repeats-1 (the peers run once)")
+                    help="discovery: our third-of-the-time runs with seeds 0..repeats-1 (the peers run once); "
+                         "pairings: with seeds 1..repeats")
     ap.add_argument("--peer-seeds", type=int, default=1,
-                    help="discovery: also run pele with seeds 1..N-1 and score each against its seed-0 run")
+                    help="discovery: also run pele with seeds 1..N-1 and score each against its seed-0 run; "
+                         "pairings: pele runs with seeds 0..N-1")
     ap.add_argument("--discovery-adaptive", action="store_true",
                     help="adapt our step toward 50%% acceptance in the discovery case (default: fixed)")
     ap.add_argument("--peer-energy", choices=("numpy", "kernel"), default="numpy",
@@ -252,12 +263,13 @@ def main() -> None:
         show(ours(problem, replace(s, walkers=2 * a.walkers), a.seconds, processes=2))
         show(scipy_bh(problem, 1.0, True, a.seconds))
         show(pele_bh(problem, 1.0, True, a.seconds) or {"tool": "pele", "skipped": "not installed"})
+    discovery = landscape.Settings(walkers=a.walkers, step=a.discovery_step, adaptive=a.discovery_adaptive,
+                                   temperature=0.01, maxstep=a.discovery_maxstep, memory=a.discovery_memory,
+                                   visit_bias=a.discovery_visit_bias)
     if "discovery" in cases:
         print("# discovery: Iris 4-5-3, T 0.01, peers' steps adaptive from 1.0 (pele: 78-90 stored minima, "
               "68-72 after clustering energies at 1e-5)")
-        s = landscape.Settings(walkers=a.walkers, step=a.discovery_step, adaptive=a.discovery_adaptive,
-                               temperature=0.01, maxstep=a.discovery_maxstep, memory=a.discovery_memory,
-                               visit_bias=a.discovery_visit_bias)
+        s = discovery
         full = ours(problem, s, a.seconds)
         thirds = {n: [ours(problem, replace(s, walkers=n * a.walkers), a.seconds / 3, seed=seed, processes=n)
                       for seed in range(a.repeats)] for n in (1, 2)}
@@ -284,6 +296,26 @@ def main() -> None:
                           "found_by_the_other_runs_but_not_by_ours_full_run": missing,
                           "union": len(full["minima"]) + missing,
                           "chao1_estimate_from_ours_full_run": round(chao1(full["minima"].hits), 1)}))
+    if "pairings" in cases:
+        print(f"# pairings: does a run of ours, given a third of the time, find every minimum of a pele run? "
+              f"(pele seeds 0..{a.peer_seeds - 1}; ours seeds 1..{a.repeats}, one process, then two on two cores)")
+        peers = [pele_bh(problem, 1.0, False, a.seconds, seed=seed) for seed in range(a.peer_seeds)]
+        if None in peers:
+            show({"tool": "pele", "skipped": "not installed"})
+            return
+        refined = [_refined(problem, p["points"]) for p in peers]
+        groups = problem.model.unit_groups()
+        for n in (1, 2):
+            missed = []
+            for seed in range(1, a.repeats + 1):
+                row = ours(problem, replace(discovery, walkers=n * a.walkers), a.seconds / 3, seed=seed, processes=n)
+                index = identify.MinimaIndex.of(row["minima"], groups, 2 * problem.lam)
+                missed.append([_count(problem, index, points)[1] for points in refined])
+            flat = [m for per_seed in missed for m in per_seed]
+            print(json.dumps({"ours": f"processes={n}, K={n * a.walkers}, {a.seconds / 3:g} s each",
+                              "pairings_with_no_miss": sum(m == 0 for m in flat), "pairings": len(flat),
+                              "mean_missed": round(float(np.mean(flat)), 2), "missed_per_seed_and_pele_run": missed}),
+                  flush=True)
     if "digits" in cases:
         print("# digits 64-32-10: fixed step 0.3, T 0.01 (pele: 14.4 converged quenches per CPU-s, 80 evaluations each)")
         d = digits_problem()
