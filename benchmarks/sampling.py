@@ -77,8 +77,8 @@ def ours(problem: landscape.Problem, settings: landscape.Settings, seconds: floa
     return dict(tool=f"landscape (K={settings.walkers}, processes={processes}, threads={threads}, seed={seed})",
                 cpu_s=round(cpu, 1), wall_s=round(wall, 1), quenches=c["quenches"], converged=c["converged"],
                 nfev=c["nfev"], conv_per_cpu_s=round(c["converged"] / cpu, 1),
-                conv_per_wall_s=round(c["converged"] / wall, 1), fev_per_quench=round(c["nfev"] / max(1, c["quenches"]), 1),
-                stored_minima=len(m), refinements=c["refinements"], lowest=float(m.energy.min()), minima=m)
+                conv_per_wall_s=round(c["converged"] / wall, 1),
+                fev_per_quench=round(c["nfev"] / max(1, c["quenches"]), 1), stored_minima=len(m), refinements=c["refinements"], lowest=float(m.energy.min()), minima=m)
 
 
 PEER_ENERGY = "numpy"
