@@ -78,7 +78,8 @@ def ours(problem: landscape.Problem, settings: landscape.Settings, seconds: floa
                 cpu_s=round(cpu, 1), wall_s=round(wall, 1), quenches=c["quenches"], converged=c["converged"],
                 nfev=c["nfev"], conv_per_cpu_s=round(c["converged"] / cpu, 1),
                 conv_per_wall_s=round(c["converged"] / wall, 1),
-                fev_per_quench=round(c["nfev"] / max(1, c["quenches"]), 1), stored_minima=len(m), refinements=c["refinements"], lowest=float(m.energy.min()), minima=m)
+                fev_per_quench=round(c["nfev"] / max(1, c["quenches"]), 1), stored_minima=len(m),
+                refinements=c["refinements"], lowest=float(m.energy.min()), minima=m)
 
 
 PEER_ENERGY = "numpy"
@@ -172,32 +173,24 @@ def pele_bh(problem: landscape.Problem, step: float, fixed: bool, seconds: float
     return row
 
 
-def distinct(problem: landscape.Problem, reference: landscape.database.Minima | np.ndarray,
-             X: np.ndarray) -> tuple[int, int]:
-    """Refine the rows of ``X`` to RMS 1e-10 (saddles dropped, see :func:`_refined`), then count
-    (distinct minima among them, how many of those are not among ``reference``), matching under
-    the network's symmetries. ``reference``: stored minima, or points (n, P) (refined the same
-    way)."""
-    groups = problem.model.unit_groups()
-    if isinstance(reference, np.ndarray):
-        ref = identify.MinimaIndex(groups, 2 * problem.lam)
-        for p in _refined(problem, reference):
-            if ref.match(p).same is None:
-                ref.add(len(ref), p)
-    else:
-        ref = identify.MinimaIndex.of(reference, groups, 2 * problem.lam)
-    return _count(problem, ref, _refined(problem, X))
+def _stored(problem: landscape.Problem, minima: landscape.database.Minima) -> identify.MinimaIndex:
+    """An index of stored minima (each at RMS 1e-10 with its lowest eigenvalue)."""
+    return identify.MinimaIndex.of(minima, problem.model.unit_groups(), 2 * problem.lam)
+
+
+def _distinct(problem: landscape.Problem, points: list[identify.Point]) -> identify.MinimaIndex:
+    """An index of the distinct minima among refined ``points`` (the first of each)."""
+    own = identify.MinimaIndex(problem.model.unit_groups(), 2 * problem.lam)
+    for p in points:
+        if own.match(p).same is None:
+            own.add(len(own), p)
+    return own
 
 
 def _count(problem: landscape.Problem, ref: identify.MinimaIndex, points: list[identify.Point]) -> tuple[int, int]:
     """(distinct minima among refined ``points``, how many of those ``ref`` lacks)."""
-    own = identify.MinimaIndex(problem.model.unit_groups(), 2 * problem.lam)
-    missed = 0
-    for p in points:
-        if own.match(p).same is None:
-            own.add(len(own), p)
-            missed += ref.match(p).same is None
-    return len(own), missed
+    own = _distinct(problem, points)
+    return len(own), sum(ref.match(p).same is None for p in own.points.values())
 
 
 def _refined(problem: landscape.Problem, X: np.ndarray) -> list[identify.Point]:
@@ -278,20 +271,24 @@ def main() -> None:
         peers = [r for r in (scipy_bh(problem, 1.0, False, a.seconds), pele_bh(problem, 1.0, False, a.seconds)) if r]
         for peer in peers:
             show(peer)
+            peer["refined"] = _refined(problem, peer["points"])
             for n, name in ((1, "a third of the CPU time"), (2, "a third of the time, on 2 cores")):
-                missed = [distinct(problem, row["minima"], peer["points"]) for row in thirds[n]]
+                missed = [_count(problem, _stored(problem, row["minima"]), peer["refined"]) for row in thirds[n]]
                 print(json.dumps({"peer": peer["tool"], "peer_distinct_minima": missed[0][0],
                                   f"of_which_ours_missed_in_{name.replace(' ', '_')}_per_seed": [m for _, m in missed]}))
         pele = [p for p in peers if p["tool"].startswith("pele")]
         for seed in range(1, a.peer_seeds if pele else 1):
             again = pele_bh(problem, 1.0, False, a.seconds, seed=seed)
             show(again)
-            print(json.dumps({"peer": again["tool"], "distinct_minima": distinct(problem, pele[0]["points"], again["points"])[0],
-                              "of_pele_seed_0_minima_missed_by_this_run": distinct(problem, again["points"], pele[0]["points"])[1]}))
+            again["refined"] = _refined(problem, again["points"])
+            mine = _distinct(problem, again["refined"])
+            print(json.dumps({"peer": again["tool"], "distinct_minima": len(mine),
+                              "of_pele_seed_0_minima_missed_by_this_run": _count(problem, mine, pele[0]["refined"])[1]}))
             peers.append(again)
-        everything = np.concatenate([p["points"] for p in peers]
-                                    + [row["minima"].coords for rows in thirds.values() for row in rows])
-        _, missing = distinct(problem, full["minima"], everything)
+        everything = [p for peer in peers for p in peer["refined"]] + [
+            identify.stored_point(row["minima"], i) for rows in thirds.values() for row in rows
+            for i in range(len(row["minima"]))]
+        _, missing = _count(problem, _stored(problem, full["minima"]), everything)
         print(json.dumps({"distinct_minima_ours_full_run": len(full["minima"]),
                           "found_by_the_other_runs_but_not_by_ours_full_run": missing,
                           "union": len(full["minima"]) + missing,
@@ -304,12 +301,11 @@ def main() -> None:
             show({"tool": "pele", "skipped": "not installed"})
             return
         refined = [_refined(problem, p["points"]) for p in peers]
-        groups = problem.model.unit_groups()
         for n in (1, 2):
             missed = []
             for seed in range(1, a.repeats + 1):
                 row = ours(problem, replace(discovery, walkers=n * a.walkers), a.seconds / 3, seed=seed, processes=n)
-                index = identify.MinimaIndex.of(row["minima"], groups, 2 * problem.lam)
+                index = _stored(problem, row["minima"])
                 missed.append([_count(problem, index, points)[1] for points in refined])
             flat = [m for per_seed in missed for m in per_seed]
             print(json.dumps({"ours": f"processes={n}, K={n * a.walkers}, {a.seconds / 3:g} s each",
