@@ -38,7 +38,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from . import allocator, hessian, parallel
-from .database import Database, Minima
+from .database import COMPLETED, FAILED, INTERRUPTED, TIME_UP, Database, Minima
 from .energy import Energy
 from .identify import MinimaIndex, Point
 from .minimize import LBFGS
@@ -207,7 +207,7 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
         store = _Store(db, run_id, bar)
         deadline = time.perf_counter() + 60.0 * minutes if minutes is not None else math.inf
         budget = steps if steps is not None else np.iinfo(np.int64).max
-        status = "failed"
+        status = FAILED
         try:
             if processes == 1:
                 sampler = _Sampler(problem, energy, settings, hessian_mode, walkers, stored, threads, store)
@@ -319,7 +319,7 @@ class _Sampler:
         w.steps[:] = 0  # the step budget counts within this run
         fresh = np.isinf(w.E)  # new walkers quench their random start; resumed ones take a step
         self.opt.add(np.stack([w.x[k] if fresh[k] else self._perturb(k) for k in range(self.K)]), np.arange(self.K))
-        status = "completed"
+        status = COMPLETED
         try:
             while len(self.opt):
                 done = self.opt.step()
@@ -337,10 +337,10 @@ class _Sampler:
                 if len(done):
                     self.out.batch(finished, len(self.index), self.totals(), w.arrays)
                 if out_of_time:  # abandon plain quenches, finish refinements (each may be a new minimum)
-                    status = "time budget reached"
+                    status = TIME_UP
                     self.opt.drop(np.flatnonzero(~self.refining))
         except KeyboardInterrupt:
-            status = "interrupted by user"
+            status = INTERRUPTED
         finally:
             self.out.save(self.totals(), w.arrays())
         return status

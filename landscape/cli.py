@@ -6,6 +6,8 @@
     landscape inspect DB [--json] [--lowest N]
 
 Errors are one line on stderr with exit status 2; nothing already in the database is lost.
+Ctrl-C ends with exit status 130 (128 + SIGINT, as shells expect) after keeping what was written:
+an interrupted ``sample`` stores its walkers, prints its summary and can be resumed.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from .basinhopping import HESSIAN_MODES, Settings, sample
 from .data import SCALINGS, SOURCES, DataSpec
-from .database import Database, DatabaseError
+from .database import INTERRUPTED, Database, DatabaseError
 from .models import ACTIVATIONS
 from .problem import ARCHITECTURES, Problem
 from .scoring import METHODS, SPACES, SPLITS, score
@@ -31,6 +33,7 @@ PROBLEM_KEYS = ("data", "data_path", "label_column", "scaling", "test_fraction",
                 "hidden", "channels", "activation", "bias", "lam")
 SAMPLER_KEYS = tuple(f.name for f in fields(Settings))
 RUN_KEYS = ("steps", "minutes", "seed", "threads", "processes")
+INTERRUPTED_EXIT = 130  # 128 + SIGINT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         return _inspect(args)
     except (ValueError, FileNotFoundError, DatabaseError, OSError, tomllib.TOMLDecodeError) as e:
         return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except KeyboardInterrupt:
+        print("landscape: interrupted; what was written is kept", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 def _read_config(path: str) -> tuple[dict, dict]:
@@ -154,7 +160,7 @@ def _sample(args: argparse.Namespace, command: str) -> int:
           f"({c['converged']} converged), {c['new_minima']} new minima, acceptance "
           f"{c['accepted'] / max(1, c['steps']):.2f}; {args.db} now holds {res.n_minima} minima, "
           f"lowest E = {res.lowest_energy:.10g}")
-    return 0
+    return INTERRUPTED_EXIT if res.status == INTERRUPTED else 0
 
 
 def _score(args: argparse.Namespace) -> int:

@@ -39,6 +39,8 @@ SCHEMA_VERSION = 1
 N_EIGENVALUES = 3
 COUNTERS = ("steps", "quenches", "converged", "accepted", "new_minima", "saddles", "refinements", "nfev",
             "cpu_seconds", "wall_seconds")
+# how a run ended (its 'status' attribute)
+COMPLETED, TIME_UP, INTERRUPTED, FAILED = "completed", "time budget reached", "interrupted by user", "failed"
 
 _MINIMA = {  # name: (dtype, trailing shape or 'P', description)
     "energy": ("f8", (), "energy E(w): mean cross-entropy over the training split + lam*||w||^2 (nats)"),
@@ -219,7 +221,7 @@ class Database:
         rid = len(runs)
         g = runs.create_group(str(rid))
         g.attrs.update(command=command, seed=seed, parameters=json.dumps(parameters, sort_keys=True),
-                       started=_now(), status="running (or interrupted, if no 'ended' attribute)",
+                       started=_now(), status="running (or killed, if no 'ended' attribute)",
                        description="one invocation of landscape sample")
         c = g.create_dataset("counters", data=np.zeros(len(COUNTERS)))
         c.attrs.update(names=json.dumps(COUNTERS), description="running totals of this run, in order of 'names'")
@@ -238,7 +240,8 @@ class Database:
             g["walkers"][name][...] = value
 
     def end_run(self, rid: int, status: str) -> None:
-        """Close SWMR mode (reopening the file) and stamp the run's end."""
+        """Close SWMR mode (reopening the file) and stamp the run's end (``status``: COMPLETED,
+        TIME_UP, INTERRUPTED or FAILED)."""
         self.f.close()
         self.f, self._ds = _open(self.path, "a"), None
         self.f[f"runs/{rid}"].attrs.update(ended=_now(), status=status)

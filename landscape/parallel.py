@@ -41,7 +41,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .database import COUNTERS, Minima
+from .database import COMPLETED, COUNTERS, INTERRUPTED, TIME_UP, Minima
 from .identify import MinimaIndex, Point, align, stored_point
 
 AVAILABLE = "fork" in mp.get_all_start_methods()  # workers are forked (Linux)
@@ -275,6 +275,6 @@ def run(store, stored: Minima, new_index: Callable[[], MinimaIndex], walkers: di
         lines = w.error.strip().splitlines()
         raise RuntimeError("\n".join([f"{w.process.name} failed: {lines[-1]}", *lines[:-1]]))
     if interrupted.is_set():
-        return "interrupted by user", totals()
+        return INTERRUPTED, totals()
     statuses = {w.status for w in workers}
-    return ("time budget reached" if "time budget reached" in statuses else "completed"), totals()
+    return (TIME_UP if TIME_UP in statuses else COMPLETED), totals()

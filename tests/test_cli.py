@@ -156,19 +156,26 @@ def _proc_stat(pid: int) -> list[str] | None:
         return None
 
 
+def _sampling(db, processes: int) -> subprocess.Popen:
+    """A `landscape sample` subprocess (5-minute budget) once it has written its first minima."""
+    cmd = [sys.executable, "-m", "landscape.cli", "sample", str(db), *FAST, "--minutes", "5",
+           "--processes", str(processes)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 60
+    while time.time() < deadline and (not db.exists() or db.stat().st_size < 20000):
+        time.sleep(0.5)
+    time.sleep(1.0)
+    return proc
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_killed_run_leaves_a_readable_file_with_what_it_reported(tmp_path, processes):
     """SIGKILL of the writer: the file holds what was reported and can be resumed; worker
     processes notice and exit at once (they hold no ends of each other's pipes)."""
     db = tmp_path / "k.h5"
-    cmd = [sys.executable, "-m", "landscape.cli", "sample", str(db), *FAST, "--minutes", "5",
-           "--processes", str(processes)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 60
-    while time.time() < deadline and (not db.exists() or db.stat().st_size < 20000):
-        time.sleep(0.5)
-    time.sleep(1.5)
+    proc = _sampling(db, processes)
+    time.sleep(0.5)
     children = [int(d) for d in os.listdir("/proc") if d.isdigit()]
     workers = [pid for pid in children if (_proc_stat(pid) or ["", "0"])[1] == str(proc.pid)]
     assert len(workers) == (processes if processes > 1 else 0)
@@ -199,3 +206,35 @@ def test_killed_run_leaves_a_readable_file_with_what_it_reported(tmp_path, proce
     for i in range(len(m)):
         a, b = identify.stored_point(after, i), identify.stored_point(m, i)
         assert np.linalg.norm(a.x - b.x) <= identify.tolerances(a, b, 2 * lam)[1]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_ctrl_c_keeps_the_run_and_exits_130(tmp_path, processes):
+    """SIGINT to a running sample: it stops, saves its walkers, prints its summary and exits with
+    130 (so `landscape sample ... && next-step` does not go on); the run can be resumed."""
+    db = tmp_path / "i.h5"
+    proc = _sampling(db, processes)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert err == b"" and b"(interrupted by user)" in out
+    with Database(db) as d:
+        (run,) = d.runs()
+        n = len(d)
+    assert run["status"] == "interrupted by user" and run["ended"] is not None and run["counters"]["steps"] > 0
+    assert main(["sample", str(db), "--resume", "--steps", "2", "--quiet"]) == 0
+    with Database(db) as d:
+        assert [r["status"] for r in d.runs()] == ["interrupted by user", "completed"] and len(d) >= n
+
+
+def test_ctrl_c_outside_sampling_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in any command (here while scoring) gives one line, not a traceback, and 130."""
+    db = str(tmp_path / "s.h5")
+    assert run(capsys, "sample", db, *FAST, "--steps", "2")[0] == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("landscape.cli.score", interrupted)
+    code, out, err = run(capsys, "score", db, "--eps", "0.1")
+    assert code == 130 and err.count("\n") == 1 and "interrupted" in err
