@@ -29,6 +29,7 @@ Defaults are :class:`Settings`.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -90,6 +91,8 @@ class Settings:
             ok = isinstance(v, want) and not (want is not bool and isinstance(v, bool))
             if not ok and not (want is float and isinstance(v, int) and not isinstance(v, bool)):
                 raise ValueError(f"setting {f.name} must be {want.__name__}, got {type(v).__name__} {v!r}")
+            if want is float and not math.isfinite(v):
+                raise ValueError(f"setting {f.name} must be a finite number, got {v!r}")
         if self.walkers < 1:
             raise ValueError(f"walkers must be >= 1, got {self.walkers}")
         if not self.temperature > 0 or not self.step > 0 or not self.tol > 0:
@@ -185,6 +188,14 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
         raise ValueError(f"threads and processes must be >= 1, got {threads} and {processes}")
     if processes > 1 and not parallel.AVAILABLE:
         raise ValueError("processes > 1 needs the fork start method (Linux); use processes = 1")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    # everything that can be refused is checked before the database file is created or opened
+    if resume and not os.path.exists(path):
+        raise ValueError(f"{path}: no database to resume; drop --resume")
+    energy = problem.energy(threads=threads)
+    if not resume and processes > settings.walkers:
+        raise ValueError(f"{processes} processes for {settings.walkers} walkers: give at least one walker per process")
     torch.set_num_threads(threads)
     allocator.keep_freed_memory()
     with threadpool_limits(limits=threads), Database(path, problem, mode="a") as db:
@@ -193,7 +204,6 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
         K = len(walkers.E)
         if processes > K:
             raise ValueError(f"{processes} processes for {K} walkers: give at least one walker per process")
-        energy = problem.energy(threads=threads)
         hessian_mode = settings.hessian
         if hessian_mode == "auto":
             hessian_mode = "full" if P <= FULL_HESSIAN_MAX_P else "lanczos"

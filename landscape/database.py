@@ -81,7 +81,7 @@ class Database:
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         self.path = os.fspath(path)
         exists = os.path.exists(self.path)
-        if mode == "r" and not exists:
+        if not exists and (mode == "r" or problem is None):
             raise DatabaseError(f"{self.path}: no such database")
         if exists and not h5py.is_hdf5(self.path):
             raise DatabaseError(f"{self.path}: not an HDF5 file; give a new path or a landscape database")

@@ -139,6 +139,23 @@ def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case)
     assert target.read_bytes() == before
 
 
+@pytest.mark.parametrize("argv", [
+    ["sample", "{db}", "--step", "inf", "--steps", "1"],
+    ["sample", "{db}", "--temperature", "nan", "--steps", "1"],
+    ["sample", "{db}", "--lam", "-1", "--steps", "1"],
+    ["sample", "{db}", "--seed", "-5", "--steps", "1"],
+    ["sample", "{db}", "--walkers", "2", "--processes", "3", "--steps", "1"],
+    ["sample", "{db}", "--resume", "--steps", "1"],
+    ["score", "{db}", "--eps", "0.1"],
+], ids=["infinite step", "NaN temperature", "negative lam", "negative seed", "processes", "resume", "score"])
+def test_bad_input_for_a_new_path_creates_no_file(tmp_path, capsys, argv):
+    """Refused before anything is written: no (empty) database is left behind."""
+    db = tmp_path / "new.h5"
+    code, _, err = run(capsys, *[a.format(db=db) for a in argv], *FAST[-1:])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("landscape: error:")
+    assert not db.exists()
+
+
 class _nothing:
     def __enter__(self):
         return self

@@ -1,3 +1,4 @@
+import math
 import time
 
 import numpy as np
@@ -383,3 +384,11 @@ def test_a_torn_row_left_by_a_killed_writer_is_not_a_minimum(sampled, problem, t
 def test_allocator_settings_are_taken_where_the_c_library_is_glibc():
     import platform
     assert allocator.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+@pytest.mark.parametrize("bad", [dict(step=math.inf), dict(temperature=math.nan), dict(tol=-1e-6),
+                                 dict(maxstep=math.inf), dict(visit_bias=math.nan), dict(walkers=0),
+                                 dict(walkers=2.5), dict(hessian="exact")])
+def test_settings_refuse_bad_values(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        landscape.Settings(**bad)
