@@ -206,7 +206,7 @@ def test_killed_run_leaves_a_readable_file_with_what_it_reported(tmp_path, proce
         runs = d.runs()
         E = d.problem.energy(backend="autograd")
         lam = d.problem.lam
-    assert len(m) >= 1 and runs[0]["ended"] is None
+    assert len(m) >= 1 and runs[0]["ended"] is None and runs[0]["status"] == "killed (never ended)"
     np.testing.assert_allclose(E(m.coords), m.energy, rtol=1e-9)
     with h5py.File(db, "r", swmr=True) as f:
         assert f["minima/coords"].shape[0] in (len(m), len(m) + 1)  # + 1: a row torn by the kill
@@ -255,3 +255,35 @@ def test_ctrl_c_outside_sampling_is_one_line_and_exit_130(tmp_path, capsys, monk
     monkeypatch.setattr("landscape.cli.score", interrupted)
     code, out, err = run(capsys, "score", db, "--eps", "0.1")
     assert code == 130 and err.count("\n") == 1 and "interrupted" in err
+
+
+def test_a_second_writer_is_refused_while_a_run_writes(tmp_path, capsys):
+    """HDF5 lifts its file lock once SWMR writing starts; the file's 'writer' record keeps a second
+    `landscape sample` from taking over a live run's file (it used to clear the run's write flags
+    and write beside it, and the first run then crashed on the damaged file)."""
+    db = tmp_path / "w.h5"
+    proc = _sampling(db, 1)
+    code, _, err = run(capsys, "sample", str(db), "--steps", "1", "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f"being written by process {proc.pid}" in err
+    with Database(db) as d:
+        assert [r["status"] for r in d.runs()] == ["running"]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == b""
+    with Database(db) as d:
+        assert [r["status"] for r in d.runs()] == ["interrupted by user"]
+
+
+def test_a_truncated_file_is_refused_not_read(tmp_path, capsys):
+    """A file cut short (an incomplete copy): one line and exit 2. HDF5's SWMR reader skips its own
+    length check and hung reading such a file, hence the subprocess with a time limit."""
+    db = tmp_path / "t.h5"
+    assert run(capsys, "sample", str(db), *FAST, "--steps", "2")[0] == 0
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    before = cut.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "landscape.cli", "inspect", str(cut)], capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 2 and proc.stderr.decode().count("\n") == 1 and b"truncated" in proc.stderr
+    code, _, err = run(capsys, "sample", str(cut), "--steps", "1", "--quiet")
+    assert code == 2 and "truncated" in err and cut.read_bytes() == before
