@@ -111,6 +111,9 @@ class Database:
                 raise DatabaseError(f"{self.path}: empty file; a problem is needed to create a database")
             else:
                 self._create(problem)
+        except (KeyError, OSError, RuntimeError) as e:  # HDF5 failed reading its own structures
+            self.f.close()
+            raise DatabaseError(f"{self.path}: damaged ({str(e).splitlines()[0]}); restore it from a backup") from None
         except Exception:
             self.f.close()
             raise
@@ -295,13 +298,20 @@ class Database:
 
 
 def _open(path: str, mode: str) -> h5py.File:
-    """Open read-only (as an SWMR reader, which also reads the file of a killed run) or for
-    appending; a file left marked 'open for writing' by a killed run is recovered when no live
-    process holds it."""
+    """Open read-only (as an SWMR reader when a run is writing the file, or was killed while it
+    did) or for appending; a file left marked 'open for writing' by a killed run is recovered
+    when its writer no longer runs."""
     if os.path.exists(path):
         _check_length(path)
     try:
         if mode == "r":
+            try:  # HDF5 reads a closed file's metadata, checksums and all, at once
+                return h5py.File(path, "r", libver=("v110", "v110"))
+            except OSError as e:
+                if "already open for write" not in str(e):
+                    raise
+            # a run writes it (or was killed while writing): read as SWMR, which retries reads whose
+            # checksum fails (the writer may be mid-write), so it is tried only here
             return h5py.File(path, "r", libver=("v110", "v110"), swmr=True)
         return h5py.File(path, "a", libver=("v110", "v110"))
     except OSError as e:
@@ -312,7 +322,10 @@ def _open(path: str, mode: str) -> h5py.File:
                                     "wait for it to end, or stop it") from None
             _clear_write_flags(path)
             return h5py.File(path, "a", libver=("v110", "v110"))
-        raise DatabaseError(f"{path}: cannot open ({e}); is another process writing it?") from None
+        reason = str(e).splitlines()[0]
+        if "checksum" in reason:
+            raise DatabaseError(f"{path}: damaged ({reason}); restore it from a backup") from None
+        raise DatabaseError(f"{path}: cannot open ({reason}); is another process writing it?") from None
 
 
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"

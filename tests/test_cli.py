@@ -274,16 +274,19 @@ def test_a_second_writer_is_refused_while_a_run_writes(tmp_path, capsys):
         assert [r["status"] for r in d.runs()] == ["interrupted by user"]
 
 
-def test_a_truncated_file_is_refused_not_read(tmp_path, capsys):
-    """A file cut short (an incomplete copy): one line and exit 2. HDF5's SWMR reader skips its own
-    length check and hung reading such a file, hence the subprocess with a time limit."""
+@pytest.mark.parametrize("damage", ["truncated", "damaged"])
+def test_a_truncated_or_damaged_file_is_refused_at_once(tmp_path, capsys, damage):
+    """A file cut short (an incomplete copy) or with zeroed metadata: one line and exit 2, at once.
+    HDF5's SWMR reader skips its own length check and retries reads whose checksum fails (a writer
+    may be mid-write): it hung on both files, hence the subprocess with a time limit."""
     db = tmp_path / "t.h5"
     assert run(capsys, "sample", str(db), *FAST, "--steps", "2")[0] == 0
-    cut = tmp_path / "cut.h5"
-    cut.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
-    before = cut.read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "landscape.cli", "inspect", str(cut)], capture_output=True,
+    data = db.read_bytes()
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:100] + bytes(2000) + data[2100:])
+    before = bad.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "landscape.cli", "inspect", str(bad)], capture_output=True,
                           timeout=60)
-    assert proc.returncode == 2 and proc.stderr.decode().count("\n") == 1 and b"truncated" in proc.stderr
-    code, _, err = run(capsys, "sample", str(cut), "--steps", "1", "--quiet")
-    assert code == 2 and "truncated" in err and cut.read_bytes() == before
+    assert proc.returncode == 2 and proc.stderr.decode().count("\n") == 1 and damage.encode() in proc.stderr
+    code, _, err = run(capsys, "sample", str(bad), "--steps", "1", "--quiet")
+    assert code == 2 and damage in err and bad.read_bytes() == before
