@@ -176,14 +176,17 @@ def _read_csv(path: str, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     header, body = rows[0], [r for r in rows[1:] if r]
     if label_column not in header:
         raise ValueError(f"{path}: no column {label_column!r}; columns are {', '.join(header)}")
+    if not body:
+        raise ValueError(f"{path}: a header but no data rows")
+    for line, r in enumerate(rows[1:], start=2):
+        if r and len(r) != len(header):
+            raise ValueError(f"{path}: line {line} has {len(r)} fields, the header {len(header)}")
     j = header.index(label_column)
     y = np.array([r[j] for r in body])
     try:
         X = np.array([[float(v) for k, v in enumerate(r) if k != j] for r in body], dtype=np.float64)
     except ValueError as e:
         raise ValueError(f"{path}: non-numeric feature value ({e})") from None
-    if X.ndim != 2 or X.shape[1] != len(header) - 1:
-        raise ValueError(f"{path}: rows have differing numbers of fields")
     return X, y
 
 

@@ -88,6 +88,12 @@ def test_bad_input(tmp_path):
         data.load(data.DataSpec("npz", path=str(shape)))
     with pytest.raises(ValueError, match="label_column"):
         data.DataSpec("csv", path="x.csv")
+    for text, message in (("a,b,label\n1,2,x\n3,4\n", "line 3 has 2 fields, the header 3"),
+                          ("a,b,label\n1,2,x\n3,4,y,5\n", "line 3 has 4 fields"),
+                          ("a,b,label\n", "no data rows"), ("a,b,label\n1,two,x\n", "non-numeric")):
+        (tmp_path / "r.csv").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            data.load(data.DataSpec("csv", path=str(tmp_path / "r.csv"), label_column="label"))
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x01\x02\x03\x04")
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(3))
     with pytest.raises(ValueError, match="magic"):
