@@ -101,6 +101,7 @@ class Database:
         self.f = _open(self.path, mode)
         self._ds: dict[str, h5py.Dataset] | None = None  # /minima datasets of the open file
         self.writable = mode == "a"
+        creating = False
         try:
             if exists and (len(self.f.keys()) > 0 or mode == "r"):
                 self._check_format()
@@ -110,9 +111,13 @@ class Database:
             elif problem is None:
                 raise DatabaseError(f"{self.path}: empty file; a problem is needed to create a database")
             else:
+                creating = True
                 self._create(problem)
-        except (KeyError, OSError, RuntimeError) as e:  # HDF5 failed reading its own structures
+        except (KeyError, OSError, RuntimeError) as e:
             self.f.close()
+            if creating:
+                raise
+            # HDF5 failed reading the file's own structures
             raise DatabaseError(f"{self.path}: damaged ({str(e).splitlines()[0]}); restore it from a backup") from None
         except Exception:
             self.f.close()
@@ -325,7 +330,10 @@ def _open(path: str, mode: str) -> h5py.File:
         reason = str(e).splitlines()[0]
         if "checksum" in reason:
             raise DatabaseError(f"{path}: damaged ({reason}); restore it from a backup") from None
-        raise DatabaseError(f"{path}: cannot open ({reason}); is another process writing it?") from None
+        if "unable to lock file" in reason:  # HDF5's lock: held by any reader, or a writer before SWMR starts
+            raise DatabaseError(f"{path}: another process has it open (reading, or creating it); close it there "
+                                "and try again") from None
+        raise DatabaseError(f"{path}: cannot open ({reason})") from None
 
 
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"

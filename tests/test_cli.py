@@ -290,3 +290,19 @@ def test_a_truncated_or_damaged_file_is_refused_at_once(tmp_path, capsys, damage
     assert proc.returncode == 2 and proc.stderr.decode().count("\n") == 1 and damage.encode() in proc.stderr
     code, _, err = run(capsys, "sample", str(bad), "--steps", "1", "--quiet")
     assert code == 2 and damage in err and bad.read_bytes() == before
+
+
+def test_a_file_open_in_another_process_is_named_as_such(tmp_path, capsys):
+    """HDF5 locks a file for every reader too: appending while another process reads it says so."""
+    db = tmp_path / "r.h5"
+    assert run(capsys, "sample", str(db), *FAST, "--steps", "1")[0] == 0
+    reader = subprocess.Popen([sys.executable, "-c", "import sys, landscape.database as d; db = d.Database(sys.argv[1]); "
+                               "print('open', flush=True); sys.stdin.read()", str(db)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert reader.stdout.readline() == b"open\n"
+        code, _, err = run(capsys, "sample", str(db), "--steps", "1", "--quiet")
+    finally:
+        reader.communicate(b"", timeout=60)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "another process has it open" in err
+    assert run(capsys, "sample", str(db), "--steps", "1", "--quiet")[0] == 0  # and once it is closed, it works
