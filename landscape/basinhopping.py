@@ -180,17 +180,22 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     1.35 CPU-seconds a second, and two worker processes slowed each other by a quarter). Sets the
     process's allocator to keep freed memory (:mod:`landscape.allocator`).
     """
+    # everything that can be refused is checked before the database file is created or opened
     if steps is None and minutes is None:
         raise ValueError("give a budget: steps (per walker) or minutes")
-    if steps is not None and steps < 1 or minutes is not None and not minutes > 0:
-        raise ValueError("steps must be >= 1 and minutes > 0")
-    if threads < 1 or processes < 1:
-        raise ValueError(f"threads and processes must be >= 1, got {threads} and {processes}")
+    if steps is not None and not (_is_int(steps) and steps >= 1):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if minutes is not None and not (isinstance(minutes, (int, float, np.number)) and not isinstance(minutes, bool)
+                                    and 0 < minutes < math.inf):
+        raise ValueError(f"minutes must be a finite number > 0, got {minutes!r}")
+    if not (_is_int(threads) and _is_int(processes) and threads >= 1 and processes >= 1):
+        raise ValueError(f"threads and processes must be integers >= 1, got {threads!r} and {processes!r}")
     if processes > 1 and not parallel.AVAILABLE:
         raise ValueError("processes > 1 needs the fork start method (Linux); use processes = 1")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not (_is_int(seed) and seed >= 0):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    # everything that can be refused is checked before the database file is created or opened
+    steps, minutes = (None if steps is None else int(steps)), (None if minutes is None else float(minutes))
+    seed, threads, processes = int(seed), int(threads), int(processes)  # numpy integers too (JSON in the file)
     if resume and not os.path.exists(path):
         raise ValueError(f"{path}: no database to resume; drop --resume")
     energy = problem.energy(threads=threads)
@@ -237,6 +242,10 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
             db.end_run(run_id, status)
         m = db.minima()
     return SampleResult(run_id, counters, len(m), float(m.energy.min()) if len(m) else math.nan, status)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _start(db: Database, P: int, settings: Settings, seed: int, resume: bool) -> _Walkers:

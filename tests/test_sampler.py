@@ -392,3 +392,20 @@ def test_allocator_settings_are_taken_where_the_c_library_is_glibc():
 def test_settings_refuse_bad_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         landscape.Settings(**bad)
+
+
+@pytest.mark.parametrize("bad", [dict(steps=2.5), dict(steps=math.nan), dict(steps=True), dict(minutes=math.inf),
+                                 dict(minutes="1"), dict(steps=1, threads=1.5), dict(steps=1, seed=1.0),
+                                 dict(steps=1, processes="2")])
+def test_sample_refuses_bad_budgets_and_counts_before_creating_the_file(problem, tmp_path, bad):
+    path = tmp_path / "x.h5"
+    with pytest.raises(ValueError, match=next(k for k in bad if k != "steps" or len(bad) == 1)):
+        landscape.sample(problem, str(path), landscape.Settings(walkers=4), progress=False, **bad)
+    assert not path.exists()
+
+
+def test_sample_takes_numpy_integers(problem, tmp_path):
+    res = landscape.sample(problem, str(tmp_path / "x.h5"), landscape.Settings(walkers=4), steps=np.int64(1),
+                           seed=np.int32(3), progress=False)
+    with Database(tmp_path / "x.h5") as db:
+        assert res.counters["steps"] == 4 and db.runs()[0]["seed"] == 3
