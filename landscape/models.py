@@ -62,6 +62,15 @@ class UnitGroup:
     odd: bool
 
 
+def _integers(name: str, values) -> tuple[int, ...]:
+    """``values`` as a tuple of ints; ValueError for anything not a whole number (2.5 is not 2)."""
+    whole = [isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+             or isinstance(v, (float, np.floating)) and float(v).is_integer() for v in values]
+    if not all(whole):
+        raise ValueError(f"{name} must be whole numbers, got {tuple(values)}")
+    return tuple(int(v) for v in values)
+
+
 def _check_activation(activation: str) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
@@ -92,7 +101,7 @@ class MLP(_FlatParameters):
     bias: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "widths", tuple(int(v) for v in self.widths))
+        object.__setattr__(self, "widths", _integers("MLP widths", self.widths))
         if len(self.widths) < 2 or min(self.widths) < 1:
             raise ValueError(f"MLP widths must be at least (inputs, classes), all positive; got {self.widths}")
         _check_activation(self.activation)
@@ -212,8 +221,8 @@ class CNN(_FlatParameters):
     bias: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
-        object.__setattr__(self, "channels", tuple(int(v) for v in self.channels))
+        object.__setattr__(self, "input_shape", _integers("CNN input_shape", self.input_shape))
+        object.__setattr__(self, "channels", _integers("CNN channels", self.channels))
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
             raise ValueError(f"CNN input_shape must be (C, H, W), got {self.input_shape}")
         if self.kernel_size % 2 != 1:

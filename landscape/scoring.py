@@ -27,15 +27,18 @@ def score_name(eps: float, method: str, space: str, split: str) -> str:
     return f"sensitivity_{space}_{method}_eps{eps:g}_{split}"
 
 
-def score(path: str, eps: Sequence[float], method: str = "ibp", space: str = "logits", split: str = "test",
-          batch: int = 128, progress: bool = True) -> dict[str, int]:
-    """Score every minimum of the database at ``path`` for each ``eps``; returns, per score name,
-    how many minima were computed now (0 when all were there already)."""
+def score(path: str, eps: float | Sequence[float], method: str = "ibp", space: str = "logits",
+          split: str = "test", batch: int = 128, progress: bool = True) -> dict[str, int]:
+    """Score every minimum of the database at ``path`` for each ``eps`` (one number or several);
+    returns, per score name, how many minima were computed now (0 when all were there already)."""
     for name, value, allowed in (("method", method, METHODS), ("space", space, SPACES), ("split", split, SPLITS)):
         if value not in allowed:
             raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
-    if not eps or any(not (e >= 0 and np.isfinite(e)) for e in eps):
-        raise ValueError(f"eps must be one or more finite numbers >= 0, got {list(eps)}")
+    eps = list(np.atleast_1d(np.asarray(eps, dtype=object)))
+    if not eps or any(isinstance(e, bool) or not isinstance(e, (int, float, np.integer, np.floating))
+                      or not (e >= 0 and np.isfinite(e)) for e in eps):
+        raise ValueError(f"eps must be one or more finite numbers >= 0, got {eps}")
+    eps = [float(e) for e in eps]
     from tqdm.auto import tqdm
 
     done: dict[str, int] = {}

@@ -117,3 +117,15 @@ def test_kernel_hvp_and_hessian_match_autograd(iris):
     w, v = rng.normal(size=(3, 43)), rng.normal(size=(3, 43))
     np.testing.assert_allclose(fast.hvp(w, v), exact.hvp(w, v), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(fast.hessian(w[0]), exact.hessian(w[0]), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("widths", [(4, 2.5, 3), (4, float("nan"), 3), (4, "5", 3), (4, True, 3)])
+def test_mlp_widths_must_be_whole_numbers(widths):
+    with pytest.raises(ValueError, match="whole numbers"):
+        models.MLP(widths)
+
+
+def test_cnn_channels_must_be_whole_numbers():
+    with pytest.raises(ValueError, match="whole numbers"):
+        models.CNN((1, 8, 8), 10, channels=(3.5,))
+    assert models.MLP((4, 5.0, 3)).widths == (4, 5, 3)

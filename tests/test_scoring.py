@@ -57,3 +57,15 @@ def test_score_cli_errors(db_path, capsys):
     assert main(["score", str(db_path), "--eps", "-1"]) == 2
     assert "eps" in capsys.readouterr().err
     assert main(["score", str(db_path), "--eps", "0.1", "--split", "train", "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("eps", [[], [float("inf")], ["0.1"], "0.1", [True]])
+def test_score_refuses_eps_that_are_not_finite_numbers(db_path, eps):
+    with pytest.raises(ValueError, match="eps must be"):
+        score(str(db_path), eps, progress=False)
+
+
+def test_score_takes_one_eps_or_an_array(db_path):
+    assert set(score(str(db_path), 0.02, progress=False)) == {"sensitivity_logits_ibp_eps0.02_test"}
+    done = score(str(db_path), np.array([0.02, 0.03]), progress=False)
+    assert done["sensitivity_logits_ibp_eps0.02_test"] == 0 and done["sensitivity_logits_ibp_eps0.03_test"] > 0
