@@ -147,6 +147,9 @@ def _sample(args: argparse.Namespace, command: str) -> int:
         with Database(args.db) as db:  # the last run's settings, unless given now
             runs = db.runs()
         last = runs[-1]["parameters"] if runs else {}
+        if "walkers" in run_opts and "walkers" in last and run_opts["walkers"] != last["walkers"]:
+            raise ValueError(f"--resume continues the last run's {last['walkers']} walkers, not {run_opts['walkers']}: "
+                             "drop --walkers, or start a new run without --resume")
         run_opts = {**{k: last[k] for k in SAMPLER_KEYS + ("threads", "processes") if k in last}, **run_opts}
     settings = Settings(**{k: run_opts[k] for k in SAMPLER_KEYS if k in run_opts})
     steps, minutes = run_opts.get("steps"), run_opts.get("minutes")

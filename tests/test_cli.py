@@ -94,7 +94,7 @@ def test_shipped_configs_run(tmp_path, capsys, name):
 
 @pytest.mark.parametrize("case", ["unknown option", "config typo", "not hdf5", "other problem", "missing db",
                                   "bad value", "no budget", "config type", "negative visit bias",
-                                  "processes", "more processes than walkers"])
+                                  "processes", "more processes than walkers", "resume with other walkers"])
 def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case):
     db = tmp_path / "x.h5"
     assert main(["sample", str(db), *FAST, "--steps", "1"]) == 0
@@ -126,6 +126,8 @@ def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case)
         argv = ["sample", str(db), "--processes", "0", "--steps", "1"]
     elif case == "more processes than walkers":
         argv = ["sample", str(db), "--walkers", "2", "--processes", "3", "--steps", "1"]
+    elif case == "resume with other walkers":  # it would continue the file's 4 walkers, not 9
+        argv = ["sample", str(db), "--resume", "--walkers", "9", "--steps", "1"]
     else:
         argv = ["sample", str(db), "--quiet"]
     before = target.read_bytes()
