@@ -147,9 +147,12 @@ def _sample(args: argparse.Namespace, command: str) -> int:
         with Database(args.db) as db:  # the last run's settings, unless given now
             runs = db.runs()
         last = runs[-1]["parameters"] if runs else {}
-        if "walkers" in run_opts and "walkers" in last and run_opts["walkers"] != last["walkers"]:
-            raise ValueError(f"--resume continues the last run's {last['walkers']} walkers, not {run_opts['walkers']}: "
+        # the walkers and their random streams come from the file (a config's values are not used)
+        if args.walkers is not None and args.walkers != last.get("walkers", args.walkers):
+            raise ValueError(f"--resume continues the last run's {last['walkers']} walkers, not {args.walkers}: "
                              "drop --walkers, or start a new run without --resume")
+        if args.seed is not None:
+            raise ValueError("--resume continues each walker's own random stream: drop --seed")
         run_opts = {**{k: last[k] for k in SAMPLER_KEYS + ("threads", "processes") if k in last}, **run_opts}
     settings = Settings(**{k: run_opts[k] for k in SAMPLER_KEYS if k in run_opts})
     steps, minutes = run_opts.get("steps"), run_opts.get("minutes")

@@ -49,10 +49,11 @@ def test_resume_keeps_the_last_runs_settings_unless_given(tmp_path, capsys):
                  "--fixed-step"]) == 0
     assert main(["sample", db, "--resume", "--steps", "1", "--quiet"]) == 0
     assert main(["sample", db, "--resume", "--steps", "1", "--temperature", "0.05", "--quiet"]) == 0
+    assert main(["sample", db, "--resume", "--steps", "1", "--walkers", "4", "--quiet"]) == 0  # the same count
     with Database(db) as d:
         used = [r["parameters"] for r in d.runs()]
     assert [(u["temperature"], u["visit_bias"], u["adaptive"]) for u in used] == [(0.02, 2.0, False)] * 2 + [
-        (0.05, 2.0, False)]
+        (0.05, 2.0, False)] * 2
 
 
 def test_progress_in_a_log_is_rate_limited(tmp_path, capsys):
@@ -94,7 +95,8 @@ def test_shipped_configs_run(tmp_path, capsys, name):
 
 @pytest.mark.parametrize("case", ["unknown option", "config typo", "not hdf5", "other problem", "missing db",
                                   "bad value", "no budget", "config type", "negative visit bias",
-                                  "processes", "more processes than walkers", "resume with other walkers"])
+                                  "processes", "more processes than walkers", "resume with other walkers",
+                                  "resume with a seed"])
 def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case):
     db = tmp_path / "x.h5"
     assert main(["sample", str(db), *FAST, "--steps", "1"]) == 0
@@ -128,6 +130,8 @@ def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case)
         argv = ["sample", str(db), "--walkers", "2", "--processes", "3", "--steps", "1"]
     elif case == "resume with other walkers":  # it would continue the file's 4 walkers, not 9
         argv = ["sample", str(db), "--resume", "--walkers", "9", "--steps", "1"]
+    elif case == "resume with a seed":  # the walkers' random streams come from the file
+        argv = ["sample", str(db), "--resume", "--seed", "3", "--steps", "1"]
     else:
         argv = ["sample", str(db), "--quiet"]
     before = target.read_bytes()
