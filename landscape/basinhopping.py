@@ -174,9 +174,8 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     takes milliseconds; on digits with refinement to 1e-10 and the Lanczos check it took 11-13 s
     (a 5-s budget then stored 32 minima, where abandoning them stored none). ``resume``
     continues the walkers of the file's last run (as many as it had: ``settings.walkers`` is not
-    used). ``processes`` > 1 splits the walkers over that
-    many worker processes of ``threads`` threads each (:mod:`landscape.parallel`; Linux: needs
-    the fork start method). NumPy's and SciPy's BLAS run on ``threads`` threads during the run
+    used). ``processes`` > 1 splits the walkers over that many worker processes of ``threads``
+    threads each (:mod:`landscape.parallel`; Linux: needs the fork start method). NumPy's and SciPy's BLAS run on ``threads`` threads during the run
     (idle OpenBLAS threads spin: with their default of one per core, a one-thread run took
     1.35 CPU-seconds a second, and two worker processes slowed each other by a quarter). Sets the
     process's allocator to keep freed memory (:mod:`landscape.allocator`).
