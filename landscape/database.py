@@ -302,6 +302,9 @@ class Database:
         self.close()
 
 
+_LIBVER = ("v110", "v110")  # superblock v3: what SWMR needs and what _check_length reads
+
+
 def _open(path: str, mode: str) -> h5py.File:
     """Open read-only (as an SWMR reader when a run is writing the file, or was killed while it
     did) or for appending; a file left marked 'open for writing' by a killed run is recovered
@@ -311,14 +314,14 @@ def _open(path: str, mode: str) -> h5py.File:
     try:
         if mode == "r":
             try:  # HDF5 reads a closed file's metadata, checksums and all, at once
-                return h5py.File(path, "r", libver=("v110", "v110"))
+                return h5py.File(path, "r", libver=_LIBVER)
             except OSError as e:
                 if "already open for write" not in str(e):
                     raise
             # a run writes it (or was killed while writing): read as SWMR, which retries reads whose
             # checksum fails (the writer may be mid-write), so it is tried only here
-            return h5py.File(path, "r", libver=("v110", "v110"), swmr=True)
-        return h5py.File(path, "a", libver=("v110", "v110"))
+            return h5py.File(path, "r", libver=_LIBVER, swmr=True)
+        return h5py.File(path, "a", libver=_LIBVER)
     except OSError as e:
         if mode == "a" and "already open for write" in str(e) and not _locked(path):
             writer = _writer(path)
@@ -326,7 +329,7 @@ def _open(path: str, mode: str) -> h5py.File:
                 raise DatabaseError(f"{path}: being written by process {writer['pid']} (a landscape sample run); "
                                     "wait for it to end, or stop it") from None
             _clear_write_flags(path)
-            return h5py.File(path, "a", libver=("v110", "v110"))
+            return h5py.File(path, "a", libver=_LIBVER)
         reason = str(e).splitlines()[0]
         if "checksum" in reason:
             raise DatabaseError(f"{path}: damaged ({reason}); restore it from a backup") from None
@@ -382,7 +385,7 @@ def _start_time(pid: int) -> int | None:
 
 def _writer(path: str) -> dict:
     """The ``writer`` attribute of the file (empty if it has none)."""
-    with h5py.File(path, "r", libver=("v110", "v110"), swmr=True) as f:
+    with h5py.File(path, "r", libver=_LIBVER, swmr=True) as f:
         return json.loads(f.attrs.get("writer", "{}"))
 
 
@@ -421,7 +424,7 @@ def _clear_write_flags(path: str) -> None:
     0..43 at byte 44 (8-byte offsets); the stored checksum is verified before anything is written."""
     with open(path, "r+b") as fh:
         sb = bytearray(fh.read(48))
-        ok = (sb[:8] == b"\x89HDF\r\n\x1a\n" and sb[8] in (2, 3) and sb[9] == 8
+        ok = (sb[:8] == _SIGNATURE and sb[8] in (2, 3) and sb[9] == 8
               and int.from_bytes(sb[44:48], "little") == _lookup3(bytes(sb[:44])))
         if not ok:
             raise DatabaseError(f"{path}: marked open for writing and its superblock is not one this tool can "
