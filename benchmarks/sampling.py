@@ -14,24 +14,29 @@ Cases:
   throughput  fixed step 1.0, T = 0.01: converged minimisations per CPU-second.
   digits      fixed step 0.3, T = 0.01: the same, ours once as pele works (stored at RMS 1e-6, no
               Hessian check) and once fully checked (refined to 1e-10, Lanczos eigenvalues).
-  discovery   the peers adapt their steps (from 1.0); ours runs its discovery setting (fixed step
-              3, quench step cap 0.3, quench memory 20, visit bias 4: measured best, see the README
-              and runs/iris_discovery.toml). Every minimum found by any tool is refined to RMS
-              1e-10 and matched under the network's symmetries; reports how many distinct minima
-              each found, and whether ours, given a third of the peer's time, found every minimum
-              the peer found. With --peer-seeds N, pele also runs with seeds 1..N-1 for the whole
-              time, and each such run is scored the same way against pele's seed-0 run: the
-              baseline of how completely the peer itself repeats its own finds.
-  pairings    (not in 'all') pele's discovery runs with seeds 0..N-1 (--peer-seeds N) for the whole
-              time; ours in its discovery setting with seeds 1..R (--repeats R) for a third of it, as
-              one process and as two processes of as many walkers each (on two cores). Reports how
-              many (our run, pele run) pairings found every pele minimum. As in the README:
-              --seconds 60 --repeats 16 --peer-seeds 3 (about 15 minutes).
+  discovery   the peers adapt their steps (from 1.0); ours runs its discovery setting (fixed
+              step 3, quench step cap 0.3, quench memory 20, each step from a known minimum
+              drawn uniformly; --discovery-start walker: from the walker's own, with visit bias
+              4): measured best, see the README and runs/iris_discovery.toml. Every minimum
+              found by any tool is refined to RMS 1e-10 and matched under the network's
+              symmetries; reports how many distinct minima each found, and whether ours, given a
+              third of the peer's time, found every minimum the peer found. With --peer-seeds N,
+              pele also runs with seeds 1..N-1 for the whole time, and each such run is scored
+              the same way against pele's seed-0 run: the baseline of how completely the peer
+              itself repeats its own finds.
+  pairings    (not in 'all') pele's discovery runs with seeds 0..N-1 (--peer-seeds N) for the
+              whole time; ours in its discovery setting with seeds F..F+R-1 (--first-seed F,
+              default 1; --repeats R) for a third of it, as one process and as two processes of
+              as many walkers each (on two cores). Reports how many (our run, pele run) pairings
+              found every pele minimum, and as the baseline how many (pele run, other pele run)
+              pairings did, each pele run with the whole time. As in the README: --seconds 60
+              --repeats 16 --peer-seeds 3 (about 18 minutes).
 
 usage: OMP_NUM_THREADS=1 python benchmarks/sampling.py [--case throughput|discovery|digits|pairings|all]
        [--seconds 60] [--walkers 256] [--peer-energy numpy|kernel] [--discovery-step 3.0]
-       [--discovery-maxstep 0.3] [--discovery-memory 20] [--discovery-visit-bias 4.0] [--discovery-adaptive]
-       [--repeats 1] [--peer-seeds 1]
+       [--discovery-maxstep 0.3] [--discovery-memory 20] [--discovery-start uniform|walker]
+       [--discovery-visit-bias 4.0] [--discovery-adaptive]
+       [--repeats 1] [--first-seed 1] [--peer-seeds 1]
 """
 from __future__ import annotations
 
@@ -231,11 +236,15 @@ def main() -> None:
                     help="our quench's step cap in the discovery case (smaller: closer to steepest-descent basins)")
     ap.add_argument("--discovery-memory", type=int, default=20,
                     help="our quench's L-BFGS memory in the discovery case (60 measured worse than 20)")
+    ap.add_argument("--discovery-start", choices=landscape.basinhopping.START_MODES, default="uniform",
+                    help="where our steps start in the discovery case: a known minimum drawn uniformly, or the "
+                         "walker's own minimum")
     ap.add_argument("--discovery-visit-bias", type=float, default=4.0,
-                    help="our visit bias in the discovery case (0: plain Metropolis)")
+                    help="our visit bias in the discovery case with --discovery-start walker (0: plain Metropolis)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="discovery: our third-of-the-time runs with seeds 0..repeats-1 (the peers run once); "
-                         "pairings: with seeds 1..repeats")
+                         "pairings: with seeds first-seed..first-seed+repeats-1")
+    ap.add_argument("--first-seed", type=int, default=1, help="pairings: our seeds start here (default 1)")
     ap.add_argument("--peer-seeds", type=int, default=1,
                     help="discovery: also run pele with seeds 1..N-1 and score each against its seed-0 run; "
                          "pairings: pele runs with seeds 0..N-1")
@@ -258,7 +267,7 @@ def main() -> None:
         show(pele_bh(problem, 1.0, True, a.seconds) or {"tool": "pele", "skipped": "not installed"})
     discovery = landscape.Settings(walkers=a.walkers, step=a.discovery_step, adaptive=a.discovery_adaptive,
                                    temperature=0.01, maxstep=a.discovery_maxstep, memory=a.discovery_memory,
-                                   visit_bias=a.discovery_visit_bias)
+                                   visit_bias=a.discovery_visit_bias, start=a.discovery_start)
     if "discovery" in cases:
         print("# discovery: Iris 4-5-3, T 0.01, peers' steps adaptive from 1.0 (pele: 78-90 stored minima, "
               "68-72 after clustering energies at 1e-5)")
@@ -295,15 +304,23 @@ def main() -> None:
                           "chao1_estimate_from_ours_full_run": round(chao1(full["minima"].hits), 1)}))
     if "pairings" in cases:
         print(f"# pairings: does a run of ours, given a third of the time, find every minimum of a pele run? "
-              f"(pele seeds 0..{a.peer_seeds - 1}; ours seeds 1..{a.repeats}, one process, then two on two cores)")
+              f"(pele seeds 0..{a.peer_seeds - 1}; ours seeds {a.first_seed}..{a.first_seed + a.repeats - 1}, one process, then two on two cores)")
         peers = [pele_bh(problem, 1.0, False, a.seconds, seed=seed) for seed in range(a.peer_seeds)]
         if None in peers:
             show({"tool": "pele", "skipped": "not installed"})
             return
         refined = [_refined(problem, p["points"]) for p in peers]
+        indexes = [_distinct(problem, points) for points in refined]
+        missed = [[_count(problem, indexes[i], refined[j])[1] for j in range(len(peers)) if j != i]
+                  for i in range(len(peers))]
+        flat = [m for row in missed for m in row]
+        print(json.dumps({"pele": f"each run, {a.seconds:g} s, against each other pele run",
+                          "pairings_with_no_miss": sum(m == 0 for m in flat), "pairings": len(flat),
+                          "mean_missed": round(float(np.mean(flat)), 2) if flat else None,
+                          "missed_per_run_and_other_run": missed}), flush=True)
         for n in (1, 2):
             missed = []
-            for seed in range(1, a.repeats + 1):
+            for seed in range(a.first_seed, a.first_seed + a.repeats):
                 row = ours(problem, replace(discovery, walkers=n * a.walkers), a.seconds / 3, seed=seed, processes=n)
                 index = _stored(problem, row["minima"])
                 missed.append([_count(problem, index, points)[1] for points in refined])

@@ -22,7 +22,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from .basinhopping import HESSIAN_MODES, Settings, sample
+from .basinhopping import HESSIAN_MODES, START_MODES, Settings, sample
 from .data import SCALINGS, SOURCES, DataSpec
 from .database import INTERRUPTED, Database, DatabaseError
 from .models import ACTIVATIONS
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--target-acceptance", dest="target_acceptance", type=float)
     h.add_argument("--visit-bias", dest="visit_bias", type=float,
                    help="favour rarely found minima in the Metropolis test, for discovery (default 0: off)")
+    h.add_argument("--start", choices=START_MODES,
+                   help="where a step starts: the walker's minimum (default) or, for discovery, a known minimum "
+                        "drawn uniformly (needs --fixed-step)")
     h.add_argument("--tol", type=float, help="RMS-gradient convergence of quenches")
     h.add_argument("--hessian", choices=HESSIAN_MODES)
     r = s.add_argument_group("run")

@@ -293,6 +293,10 @@ class MinimaIndex:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def nth(self, j: int) -> int:
+        """The id of the minimum at position ``j`` in energy order (0: the lowest)."""
+        return self._ids[j]
+
     def add(self, id_: int, p: Point) -> None:
         """Store ``p`` as minimum ``id_`` (replacing that id's point if present)."""
         if id_ in self.points:

@@ -12,12 +12,13 @@ run's store.
 
 Reports are merged in the order (batch, worker), up to the last batch every running worker has
 finished, so the same seed, step budget, threads and processes give the same minima. Each worker
-walks as it would alone: its Metropolis test and visit counts know the minima stored before the
-run and its own finds, not the other workers'. What this buys is wall time: on two cores, two
-processes run twice the quenches of one (Iris discovery, 20 s: 41,100 against 21,000), where one
-process on two threads runs 1.1-1.2x. Per CPU-second it buys nothing: two processes for 10 s found
-every minimum of a pele run in 30 of 48 pairings, one process for 20 s in 39 (16 seeds x 3 pele
-runs; two processes for 20 s: 47 of 48).
+walks as it would alone: its Metropolis test, its visit counts and the minima it draws steps
+from (start 'uniform') are those stored before the run and its own finds, not the other
+workers'. What this buys is wall time: on two cores, two processes run twice the quenches of one
+(Iris discovery, 20 s: 41,100 against 21,000), where one process on two threads runs 1.1-1.2x.
+Per CPU-second it buys nothing: with steps from the walkers' own minima and visit bias 4, two
+processes for 10 s found every minimum of a pele run in 30 of 48 pairings, one process for 20 s
+in 39 (16 seeds x 3 pele runs; two processes for 20 s: 47 of 48).
 
 In the workers torch runs on one thread (GNU OpenMP hangs in a forked child once the parent has
 used it); the compiled kernel, which handles forks, runs on ``threads``. Ctrl-C: the workers

@@ -152,8 +152,10 @@ def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case)
     ["sample", "{db}", "--seed", "-5", "--steps", "1"],
     ["sample", "{db}", "--walkers", "2", "--processes", "3", "--steps", "1"],
     ["sample", "{db}", "--resume", "--steps", "1"],
+    ["sample", "{db}", "--start", "uniform", "--steps", "1"],
     ["score", "{db}", "--eps", "0.1"],
-], ids=["infinite step", "NaN temperature", "negative lam", "negative seed", "processes", "resume", "score"])
+], ids=["infinite step", "NaN temperature", "negative lam", "negative seed", "processes", "resume",
+        "uniform start, adaptive step", "score"])
 def test_bad_input_for_a_new_path_creates_no_file(tmp_path, capsys, argv):
     """Refused before anything is written: no (empty) database is left behind."""
     db = tmp_path / "new.h5"

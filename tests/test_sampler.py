@@ -204,6 +204,43 @@ def test_visit_bias_spreads_walkers_over_rarely_found_minima(tmp_path):
     assert out[4.0][0] < 0.95 * out[0.0][0]
 
 
+def test_uniform_start_steps_from_every_known_minimum_alike(sampled, problem):
+    """With start 'uniform' a step displaces a known minimum drawn uniformly, not the walker's own
+    point: each displaced point lies within the step (per coordinate) of a stored minimum, and
+    every stored minimum is drawn about equally often."""
+    path, _ = sampled
+    with Database(path) as db:
+        stored = db.minima()
+    n, P = len(stored.energy), problem.model.n_params
+    s = landscape.Settings(walkers=1, step=0.05, adaptive=False, start="uniform")
+    walkers = basinhopping._Walkers(1, P, 0, s)
+    walkers.x[0] = 100.0  # far from every minimum: a step from it would be found out
+    sampler = basinhopping._Sampler(problem, problem.energy(), s, "full", walkers, stored, 1, out=None)
+    draws = 200 * n
+    origin = []
+    for _ in range(draws):
+        x = sampler._perturb(0)
+        near = np.flatnonzero(np.abs(stored.coords - x).max(1) <= s.step)
+        assert len(near) == 1  # the minima lie further apart than two steps
+        origin.append(near[0])
+    counts = np.bincount(origin, minlength=n)
+    assert n >= 2 and np.all(np.abs(counts - 200) < 5 * np.sqrt(200))  # binomial sd < sqrt(200)
+
+
+def test_uniform_start_run_is_reproducible_and_accepts_every_quench(tmp_path):
+    problem = landscape.Problem.create("iris", hidden=(5,), lam=1e-4, test_fraction=0.0)
+    s = landscape.Settings(walkers=8, step=3.0, adaptive=False, start="uniform")
+    runs = []
+    for name in ("a.h5", "b.h5"):
+        res = landscape.sample(problem, str(tmp_path / name), s, steps=4, seed=2, progress=False)
+        assert res.counters["accepted"] == res.counters["converged"] == res.counters["steps"] == 32
+        with Database(tmp_path / name) as db:
+            runs.append(db.minima())
+    assert len(runs[0].energy) >= 2
+    np.testing.assert_array_equal(runs[0].coords, runs[1].coords)
+    np.testing.assert_array_equal(runs[0].hits, runs[1].hits)
+
+
 def test_other_problem_is_refused_and_file_unchanged(sampled, problem):
     path, _ = sampled
     before = path.read_bytes()
@@ -388,7 +425,8 @@ def test_allocator_settings_are_taken_where_the_c_library_is_glibc():
 
 @pytest.mark.parametrize("bad", [dict(step=math.inf), dict(temperature=math.nan), dict(tol=-1e-6),
                                  dict(maxstep=math.inf), dict(visit_bias=math.nan), dict(walkers=0),
-                                 dict(walkers=2.5), dict(hessian="exact")])
+                                 dict(walkers=2.5), dict(hessian="exact"), dict(start="random"),
+                                 dict(adaptive=True, start="uniform")])
 def test_settings_refuse_bad_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         landscape.Settings(**bad)
