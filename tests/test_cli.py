@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from landscape import identify
+from landscape import allocator, identify
 from landscape.cli import main
 from landscape.database import Database
 
@@ -153,9 +153,11 @@ def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case)
     ["sample", "{db}", "--walkers", "2", "--processes", "3", "--steps", "1"],
     ["sample", "{db}", "--resume", "--steps", "1"],
     ["sample", "{db}", "--start", "uniform", "--steps", "1"],
+    pytest.param(["sample", "{db}", "--walkers", "100000000", "--steps", "1"],
+                 marks=pytest.mark.skipif(allocator.available_bytes() is None, reason="free memory unknown here")),
     ["score", "{db}", "--eps", "0.1"],
 ], ids=["infinite step", "NaN temperature", "negative lam", "negative seed", "processes", "resume",
-        "uniform start, adaptive step", "score"])
+        "uniform start, adaptive step", "walkers beyond memory", "score"])
 def test_bad_input_for_a_new_path_creates_no_file(tmp_path, capsys, argv):
     """Refused before anything is written: no (empty) database is left behind."""
     db = tmp_path / "new.h5"
