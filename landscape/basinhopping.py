@@ -220,8 +220,9 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     energy = problem.energy(threads=threads)
     if not resume and processes > settings.walkers:
         raise ValueError(f"{processes} processes for {settings.walkers} walkers: give at least one walker per process")
-    P = problem.model.n_params  # per walker and parameter, at least its 2 * memory 8-bit L-BFGS pairs and six
-    # float64 (K, P) arrays (Iris, 16,384 walkers: 1.6x that measured)
+    P = problem.model.n_params
+    # a lower bound on a new run's memory: per walker and parameter, its 2 * memory 8-bit L-BFGS pairs and
+    # six float64 (K, P) arrays (a 16,384-walker Iris run measured 1.6x it)
     if not resume and (free := allocator.available_bytes()) is not None \
             and (need := settings.walkers * P * (2 * settings.memory + 48)) > free:
         raise ValueError(f"{settings.walkers} walkers of {P} parameters need at least {need / 2**30:.1f} GiB "
