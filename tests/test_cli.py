@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from landscape import allocator, identify
+from landscape import allocator, database, identify
 from landscape.cli import main
 from landscape.database import Database
 
@@ -300,6 +300,26 @@ def test_a_truncated_or_damaged_file_is_refused_at_once(tmp_path, capsys, damage
     assert proc.returncode == 2 and proc.stderr.decode().count("\n") == 1 and damage.encode() in proc.stderr
     code, _, err = run(capsys, "sample", str(bad), "--steps", "1", "--quiet")
     assert code == 2 and damage in err and bad.read_bytes() == before
+
+
+def test_a_killed_runs_damaged_file_is_refused_at_once(tmp_path, capsys):
+    """A file left marked open for writing by a run that no longer runs, with zeroed metadata: read
+    as SWMR with HDF5's default of 100 attempts per damaged read, `inspect` hung for over an hour;
+    now one line and exit 2 within seconds, and the file is left as it was."""
+    db = tmp_path / "k.h5"
+    assert run(capsys, "sample", str(db), *FAST, "--steps", "2")[0] == 0
+    with h5py.File(db, "a") as f:
+        f.attrs["writer"] = json.dumps({"host": "elsewhere", "pid": 1})  # a writer that no longer runs here
+    data = bytearray(db.read_bytes())
+    data[11] = 5  # write and SWMR-write access, as a killed run leaves the superblock
+    data[44:48] = database._lookup3(bytes(data[:44])).to_bytes(4, "little")
+    data[100:2100] = bytes(2000)
+    db.write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "landscape.cli", "inspect", str(db)], capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 2 and proc.stderr.decode().count("\n") == 1 and b"damaged" in proc.stderr
+    code, _, err = run(capsys, "sample", str(db), "--steps", "1", "--quiet")
+    assert code == 2 and "damaged" in err and db.read_bytes() == bytes(data)
 
 
 def test_a_file_open_in_another_process_is_named_as_such(tmp_path, capsys):
