@@ -322,9 +322,9 @@ def _open(path: str, mode: str) -> h5py.File:
             except OSError as e:
                 if "already open for write" not in str(e):
                     raise
-            # a run writes it (or was killed while writing): read as SWMR, which retries reads whose
-            # checksum fails (the writer may be mid-write), so it is tried only here, and only while
-            # the writer runs: a killed writer's file is read once, and damage reported at once
+            # a run writes it (or was killed while writing): read as SWMR. An SWMR reader retries reads
+            # whose checksum fails, for a writer caught mid-write; a killed writer's file gets one
+            # attempt, so damage is reported at once
             return _swmr_reader(path, None if _running(_writer(path)) else 1)
         return h5py.File(path, "a", libver=_LIBVER)
     except OSError as e:
