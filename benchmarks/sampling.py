@@ -304,7 +304,8 @@ def main() -> None:
                           "chao1_estimate_from_ours_full_run": round(chao1(full["minima"].hits), 1)}))
     if "pairings" in cases:
         print(f"# pairings: does a run of ours, given a third of the time, find every minimum of a pele run? "
-              f"(pele seeds 0..{a.peer_seeds - 1}; ours seeds {a.first_seed}..{a.first_seed + a.repeats - 1}, one process, then two on two cores)")
+              f"(pele seeds 0..{a.peer_seeds - 1}; ours seeds {a.first_seed}..{a.first_seed + a.repeats - 1}, "
+              "one process, then two on two cores)")
         peers = [pele_bh(problem, 1.0, False, a.seconds, seed=seed) for seed in range(a.peer_seeds)]
         if None in peers:
             show({"tool": "pele", "skipped": "not installed"})
