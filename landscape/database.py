@@ -122,7 +122,7 @@ class Database:
             if creating:
                 raise
             # HDF5 failed reading the file's own structures
-            raise DatabaseError(f"{self.path}: damaged ({str(e).splitlines()[0]}); restore it from a backup") from None
+            raise _damaged(self.path, e) from None
         except Exception:
             self.f.close()
             raise
@@ -337,7 +337,7 @@ def _open(path: str, mode: str) -> h5py.File:
             return h5py.File(path, "a", libver=_LIBVER)
         reason = str(e).splitlines()[0]
         if "checksum" in reason:
-            raise DatabaseError(f"{path}: damaged ({reason}); restore it from a backup") from None
+            raise _damaged(path, e) from None
         if "unable to lock file" in reason:  # HDF5's lock: held by any reader, or a writer before SWMR starts
             raise DatabaseError(f"{path}: another process has it open (reading, or creating it); close it there "
                                 "and try again") from None
@@ -398,8 +398,13 @@ def _writer(path: str) -> dict:
             with _swmr_reader(path, _PROBE_ATTEMPTS) as f:
                 return json.loads(f.attrs.get("writer", "{}"))
         except (OSError, RuntimeError, KeyError) as e:
-            error = str(e).splitlines()[0]
-    raise DatabaseError(f"{path}: damaged ({error}); restore it from a backup")
+            error = e
+    raise _damaged(path, error)
+
+
+def _damaged(path: str, error: Exception) -> DatabaseError:
+    """The one-line error for a file HDF5 cannot read (``error``: what HDF5 raised)."""
+    return DatabaseError(f"{path}: damaged ({str(error).splitlines()[0]}); restore it from a backup")
 
 
 # HDF5 retries a metadata read whose checksum fails (a writer may be mid-write) with a delay that
