@@ -189,15 +189,16 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     Stops after ``steps`` basin-hopping steps per walker or ``minutes`` of wall time (whichever
     comes first; one is required). At the time limit, quenches in flight are abandoned, but
     refinements of points that may be new minima are finished, checked and stored: on Iris that
-    takes milliseconds; on digits with refinement to 1e-10 and the Lanczos check it took 11-13 s
-    (a 5-s budget then stored 32 minima, where abandoning them stored none). ``resume``
-    continues the walkers of the file's last run (as many as it had: ``settings.walkers`` is not
-    used). ``processes`` > 1 splits the walkers over that many worker processes of ``threads``
-    threads each (:mod:`landscape.parallel`; Linux: needs the fork start method). NumPy's and SciPy's BLAS run on ``threads`` threads during the run
-    (idle OpenBLAS threads spin: with their default of one per core, a one-thread run took
-    1.35 CPU-seconds a second, and two worker processes slowed each other by a quarter). Sets the
-    process's allocator to keep freed memory (:mod:`landscape.allocator`). A new run whose walkers
-    cannot fit in the available memory is refused before the file is touched.
+    takes milliseconds; on digits with refinement to 1e-10 and the Lanczos check it took 11-13 s (a
+    5-s budget then stored 32 minima, where abandoning them stored none). ``resume`` continues the
+    walkers of the file's last run (as many as it had: ``settings.walkers`` is not used).
+    ``processes`` > 1 splits the walkers over that many worker processes of ``threads`` threads each
+    (:mod:`landscape.parallel`; Linux: needs the fork start method). NumPy's and SciPy's BLAS run on
+    ``threads`` threads during the run (idle OpenBLAS threads spin: with their default of one per
+    core, a one-thread run took 1.35 CPU-seconds a second, and two worker processes slowed each
+    other by a quarter). Sets the process's allocator to keep freed memory
+    (:mod:`landscape.allocator`). A new run whose walkers cannot fit in the available memory is
+    refused before the file is touched.
     """
     # everything that can be refused is checked before the database file is created or opened
     if steps is None and minutes is None:
