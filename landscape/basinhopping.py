@@ -106,10 +106,17 @@ class Settings:
                 raise ValueError(f"setting {f.name} must be {want.__name__}, got {type(v).__name__} {v!r}")
             if want is float and not math.isfinite(v):
                 raise ValueError(f"setting {f.name} must be a finite number, got {v!r}")
-        if self.walkers < 1:
-            raise ValueError(f"walkers must be >= 1, got {self.walkers}")
-        if not self.temperature > 0 or not self.step > 0 or not self.tol > 0:
-            raise ValueError("temperature, step and tol must be > 0")
+        for name in ("walkers", "adapt_every", "reseed_after", "maxiter", "memory"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("temperature", "step", "tol", "refine_tol", "maxstep", "init_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.refine_tol <= self.tol:
+            raise ValueError(f"refine_tol ({self.refine_tol}) must not exceed tol ({self.tol}): refinement converges "
+                             "further than a quench")
+        if not 0 < self.adapt_factor < 1:
+            raise ValueError(f"adapt_factor must be in (0, 1), got {self.adapt_factor}")
         if not 0 < self.target_acceptance < 1:
             raise ValueError(f"target_acceptance must be in (0, 1), got {self.target_acceptance}")
         if not self.visit_bias >= 0:

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="what is in a database")
     i.add_argument("db")
     i.add_argument("--json", action="store_true", help="machine-readable output")
-    i.add_argument("--lowest", type=int, default=10, help="how many of the lowest minima to list (default 10)")
+    i.add_argument("--lowest", type=int, default=10, help="how many of the lowest minima to list (default 10, 0: none)")
     return p
 
 
@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _read_config(path: str) -> tuple[dict, dict]:
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path} does not exist (runs/ holds examples)")
     with open(path, "rb") as f:
         cfg = tomllib.load(f)
     allowed = {"problem": PROBLEM_KEYS, "sample": SAMPLER_KEYS + RUN_KEYS}
@@ -189,7 +191,10 @@ def _problem(o: dict) -> Problem:
 
 
 def summary(db: Database, lowest: int = 10) -> dict:
-    """What a database holds, as plain data (the ``inspect`` command prints this)."""
+    """What a database holds, as plain data (the ``inspect`` command prints this), with the
+    ``lowest`` minima by energy (>= 0)."""
+    if not lowest >= 0:
+        raise ValueError(f"lowest must be >= 0, got {lowest}")
     m = db.minima()
     order = np.argsort(m.energy)[:lowest]
     return {

@@ -98,6 +98,9 @@ class Database:
         exists = os.path.exists(self.path)
         if not exists and (mode == "r" or problem is None):
             raise DatabaseError(f"{self.path}: no such database")
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not exists and not os.path.isdir(folder):
+            raise DatabaseError(f"{self.path}: folder {folder} does not exist; create it or choose another path")
         if exists and not h5py.is_hdf5(self.path):
             raise DatabaseError(f"{self.path}: not an HDF5 file; give a new path or a landscape database")
         if exists and mode == "a":  # validate read-only first, so a refused file is left untouched

@@ -96,7 +96,7 @@ def test_shipped_configs_run(tmp_path, capsys, name):
 @pytest.mark.parametrize("case", ["unknown option", "config typo", "not hdf5", "other problem", "missing db",
                                   "bad value", "no budget", "config type", "negative visit bias",
                                   "processes", "more processes than walkers", "resume with other walkers",
-                                  "resume with a seed"])
+                                  "resume with a seed", "negative lowest"])
 def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case):
     db = tmp_path / "x.h5"
     assert main(["sample", str(db), *FAST, "--steps", "1"]) == 0
@@ -132,6 +132,8 @@ def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case)
         argv = ["sample", str(db), "--resume", "--walkers", "9", "--steps", "1"]
     elif case == "resume with a seed":  # the walkers' random streams come from the file
         argv = ["sample", str(db), "--resume", "--seed", "3", "--steps", "1"]
+    elif case == "negative lowest":
+        argv = ["inspect", str(db), "--lowest", "-1"]
     else:
         argv = ["sample", str(db), "--quiet"]
     before = target.read_bytes()
@@ -164,6 +166,15 @@ def test_bad_input_for_a_new_path_creates_no_file(tmp_path, capsys, argv):
     code, _, err = run(capsys, *[a.format(db=db) for a in argv], *FAST[-1:])
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("landscape: error:")
     assert not db.exists()
+
+
+def test_a_missing_config_or_folder_is_named(tmp_path, capsys):
+    db = tmp_path / "new.h5"
+    code, _, err = run(capsys, "sample", str(db), "--config", str(tmp_path / "nope.toml"), "--steps", "1")
+    assert code == 2 and f"config file {tmp_path / 'nope.toml'} does not exist" in err
+    code, _, err = run(capsys, "sample", str(tmp_path / "no" / "x.h5"), *FAST, "--steps", "1")
+    assert code == 2 and f"folder {tmp_path / 'no'} does not exist" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 class _nothing:

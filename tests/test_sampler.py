@@ -426,7 +426,10 @@ def test_allocator_settings_are_taken_where_the_c_library_is_glibc():
 @pytest.mark.parametrize("bad", [dict(step=math.inf), dict(temperature=math.nan), dict(tol=-1e-6),
                                  dict(maxstep=math.inf), dict(visit_bias=math.nan), dict(walkers=0),
                                  dict(walkers=2.5), dict(hessian="exact"), dict(start="random"),
-                                 dict(adaptive=True, start="uniform")])
+                                 dict(adaptive=True, start="uniform"), dict(memory=0), dict(maxiter=0),
+                                 dict(reseed_after=0), dict(adapt_every=0), dict(refine_tol=0.0),
+                                 dict(refine_tol=1e-5), dict(init_scale=-1.0), dict(adapt_factor=1.5),
+                                 dict(maxstep=0.0)])
 def test_settings_refuse_bad_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         landscape.Settings(**bad)
