@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "score":
             return _score(args)
         return _inspect(args)
-    except (ValueError, FileNotFoundError, DatabaseError, OSError, tomllib.TOMLDecodeError) as e:
+    except (ValueError, DatabaseError, OSError) as e:
         return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except KeyboardInterrupt:
         print("landscape: interrupted; what was written is kept", file=sys.stderr)
@@ -126,7 +126,10 @@ def _read_config(path: str) -> tuple[dict, dict]:
     if not os.path.isfile(path):
         raise ValueError(f"config file {path} does not exist (runs/ holds examples)")
     with open(path, "rb") as f:
-        cfg = tomllib.load(f)
+        try:
+            cfg = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML: {e}") from None
     allowed = {"problem": PROBLEM_KEYS, "sample": SAMPLER_KEYS + RUN_KEYS}
     for table, values in cfg.items():
         if table not in allowed or not isinstance(values, dict):
@@ -184,6 +187,9 @@ def _score(args: argparse.Namespace) -> int:
 def _problem(o: dict) -> Problem:
     data_fields = {"data_path": "path", "label_column": "label_column", "scaling": "scaling",
                    "test_fraction": "test_fraction", "split_seed": "split_seed", "limit": "limit"}
+    for key in ("hidden", "channels"):
+        if key in o and not isinstance(o[key], (list, tuple)):
+            raise ValueError(f"{key} must be a list of widths, e.g. {key} = [{o[key]}], got {o[key]!r}")
     spec = DataSpec(name=o.get("data", "iris"), **{v: o[k] for k, v in data_fields.items() if k in o})
     return Problem.create(spec, hidden=tuple(o.get("hidden", (5,))), activation=o.get("activation", "tanh"),
                           bias=o.get("bias", True), arch=o.get("arch", "mlp"), channels=tuple(o.get("channels", (8,))),

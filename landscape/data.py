@@ -47,6 +47,19 @@ class DataSpec:
     limit: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.path, os.PathLike):
+            object.__setattr__(self, "path", os.fspath(self.path))
+        for key in ("path", "label_column"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise ValueError(f"{key} must be text, got {getattr(self, key)!r}")
+        if isinstance(self.test_fraction, bool) or not isinstance(self.test_fraction, (int, float)):
+            raise ValueError(f"test_fraction must be a number, got {self.test_fraction!r}")
+        for key in ("split_seed", "limit"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+                raise ValueError(f"{key} must be a whole number, got {v!r}")
+        if self.split_seed is None or not 0 <= self.split_seed < 2 ** 32:
+            raise ValueError(f"split_seed must be in [0, 2**32), got {self.split_seed}")
         if self.name not in SOURCES:
             raise ValueError(f"unknown dataset {self.name!r}: choose one of {', '.join(SOURCES)}")
         if self.scaling not in SCALINGS:

@@ -71,9 +71,11 @@ def _integers(name: str, values) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-def _check_activation(activation: str) -> None:
+def _check_options(activation: str, bias: bool) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+    if not isinstance(bias, bool):
+        raise ValueError(f"bias must be true or false, got {bias!r}")
 
 
 class _FlatParameters:
@@ -104,7 +106,7 @@ class MLP(_FlatParameters):
         object.__setattr__(self, "widths", _integers("MLP widths", self.widths))
         if len(self.widths) < 2 or min(self.widths) < 1:
             raise ValueError(f"MLP widths must be at least (inputs, classes), all positive; got {self.widths}")
-        _check_activation(self.activation)
+        _check_options(self.activation, self.bias)
 
     kind = "mlp"
 
@@ -227,7 +229,7 @@ class CNN(_FlatParameters):
             raise ValueError(f"CNN input_shape must be (C, H, W), got {self.input_shape}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"CNN kernel_size must be odd ('same' padding), got {self.kernel_size}")
-        _check_activation(self.activation)
+        _check_options(self.activation, self.bias)
         h, wd = self.input_shape[1:]
         for _ in self.channels:
             h, wd = h // self.pool, wd // self.pool

@@ -35,6 +35,8 @@ class Problem:
                **data_options) -> "Problem":
         """A problem whose model fits the data: an MLP (inputs, *hidden, classes) or a CNN with
         ``channels`` for image data. ``data_options`` go to :class:`landscape.data.DataSpec`."""
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+            raise ValueError(f"lam must be a number, got {lam!r}")
         spec = data if isinstance(data, data_mod.DataSpec) else data_mod.DataSpec(name=data, **data_options)
         ds = data_mod.load(spec)
         if arch == "mlp":

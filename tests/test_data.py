@@ -88,6 +88,14 @@ def test_bad_input(tmp_path):
         data.load(data.DataSpec("npz", path=str(shape)))
     with pytest.raises(ValueError, match="label_column"):
         data.DataSpec("csv", path="x.csv")
+    for options, message in ((dict(test_fraction="x"), "test_fraction must be a number"),
+                             (dict(split_seed=1.5), "split_seed must be a whole number"),
+                             (dict(split_seed=-1), r"split_seed must be in \[0, 2\*\*32\)"),
+                             (dict(limit="3"), "limit must be a whole number"),
+                             (dict(path=3), "path must be text")):
+        with pytest.raises(ValueError, match=message):
+            data.DataSpec("iris", **options)
+    assert data.DataSpec("npz", path=tmp_path / "a.npz").path == str(tmp_path / "a.npz")  # a path-like is kept as text
     for text, message in (("a,b,label\n1,2,x\n3,4\n", "line 3 has 2 fields, the header 3"),
                           ("a,b,label\n1,2,x\n3,4,y,5\n", "line 3 has 4 fields"),
                           ("a,b,label\n", "no data rows"), ("a,b,label\n1,two,x\n", "non-numeric")):

@@ -103,6 +103,10 @@ def test_energy_rejects_bad_input(iris):
         E.energy_gradient(np.zeros((2, 42)))
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         models.MLP((4, 5, 3), "swish")
+    with pytest.raises(ValueError, match="bias must be true or false, got 'yes'"):
+        models.MLP((4, 5, 3), "tanh", "yes")
+    with pytest.raises(ValueError, match="bias must be true or false"):
+        models.CNN((1, 8, 8), 10, (4,), bias=1)
     with pytest.raises(ValueError, match="parameter vector has 5 entries"):
         model.to_module(np.zeros(5))
 
