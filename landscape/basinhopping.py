@@ -208,6 +208,10 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     refused before the file is touched.
     """
     # everything that can be refused is checked before the database file is created or opened
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a landscape.Problem (e.g. Problem.create('iris')), got {problem!r}")
+    if not isinstance(settings, Settings):
+        raise TypeError(f"settings must be a landscape.Settings (e.g. Settings(**options)), got {settings!r}")
     if steps is None and minutes is None:
         raise ValueError("give a budget: steps (per walker) or minutes")
     if steps is not None and not (_is_int(steps) and steps >= 1):

@@ -187,12 +187,9 @@ def _score(args: argparse.Namespace) -> int:
 def _problem(o: dict) -> Problem:
     data_fields = {"data_path": "path", "label_column": "label_column", "scaling": "scaling",
                    "test_fraction": "test_fraction", "split_seed": "split_seed", "limit": "limit"}
-    for key in ("hidden", "channels"):
-        if key in o and not isinstance(o[key], (list, tuple)):
-            raise ValueError(f"{key} must be a list of widths, e.g. {key} = [{o[key]}], got {o[key]!r}")
     spec = DataSpec(name=o.get("data", "iris"), **{v: o[k] for k, v in data_fields.items() if k in o})
-    return Problem.create(spec, hidden=tuple(o.get("hidden", (5,))), activation=o.get("activation", "tanh"),
-                          bias=o.get("bias", True), arch=o.get("arch", "mlp"), channels=tuple(o.get("channels", (8,))),
+    return Problem.create(spec, hidden=o.get("hidden", (5,)), activation=o.get("activation", "tanh"),
+                          bias=o.get("bias", True), arch=o.get("arch", "mlp"), channels=o.get("channels", (8,)),
                           lam=o.get("lam", 1e-4))
 
 

@@ -37,6 +37,9 @@ class Problem:
         ``channels`` for image data. ``data_options`` go to :class:`landscape.data.DataSpec`."""
         if isinstance(lam, bool) or not isinstance(lam, (int, float)):
             raise ValueError(f"lam must be a number, got {lam!r}")
+        for key, widths in (("hidden", hidden), ("channels", channels)):
+            if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+                raise ValueError(f"{key} must be a list of widths, e.g. [{widths}], got {widths!r}")
         spec = data if isinstance(data, data_mod.DataSpec) else data_mod.DataSpec(name=data, **data_options)
         ds = data_mod.load(spec)
         if arch == "mlp":

@@ -181,7 +181,7 @@ def test_a_missing_config_or_folder_is_named(tmp_path, capsys):
     ("[sample\nsteps = 1\n", "t.toml: not valid TOML"),
     ('[problem]\nlam = "x"\n', "lam must be a number, got 'x'"),
     ('[problem]\nbias = "yes"\n', "bias must be true or false, got 'yes'"),
-    ("[problem]\nhidden = 5\n", "hidden must be a list of widths, e.g. hidden = [5]"),
+    ("[problem]\nhidden = 5\n", "hidden must be a list of widths, e.g. [5], got 5"),
     ('[problem]\ntest_fraction = "x"\n', "test_fraction must be a number, got 'x'"),
 ], ids=["not TOML", "lam as text", "bias as text", "hidden as a number", "test fraction as text"])
 def test_a_bad_config_is_named_in_one_line(tmp_path, capsys, text, message):

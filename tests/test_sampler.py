@@ -445,6 +445,17 @@ def test_sample_refuses_bad_budgets_and_counts_before_creating_the_file(problem,
     assert not path.exists()
 
 
+def test_sample_refuses_a_problem_or_settings_of_another_type(problem, tmp_path):
+    path = tmp_path / "x.h5"
+    with pytest.raises(TypeError, match="problem must be a landscape.Problem"):
+        landscape.sample("iris", str(path), landscape.Settings(walkers=4), steps=1, progress=False)
+    with pytest.raises(TypeError, match="settings must be a landscape.Settings"):
+        landscape.sample(problem, str(path), {"walkers": 4}, steps=1, progress=False)
+    with pytest.raises(ValueError, match="hidden must be a list of widths"):
+        landscape.Problem.create("iris", hidden=5)
+    assert not path.exists()
+
+
 def test_sample_takes_numpy_integers(problem, tmp_path):
     res = landscape.sample(problem, str(tmp_path / "x.h5"), landscape.Settings(walkers=4), steps=np.int64(1),
                            seed=np.int32(3), progress=False)
