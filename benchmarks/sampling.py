@@ -53,6 +53,7 @@ import torch
 import landscape
 from landscape import hessian, identify
 from landscape.database import Database
+from landscape.estimates import chao1
 from landscape.minimize import minimize
 
 from energy import numpy_energy  # benchmarks/energy.py: the peers' NumPy formulas
@@ -212,13 +213,6 @@ def _refined(problem: landscape.Problem, X: np.ndarray) -> list[identify.Point]:
         if not h.saddle:
             points.append(identify.Point(r.energy[k], r.x[k], r.grad_rms[k] * np.sqrt(P), float(h.eigenvalues[0])))
     return points
-
-
-def chao1(hits: np.ndarray) -> float:
-    """Chao1 estimate of how many minima the landscape has, from how often each known one was
-    found: n + f1^2 / (2 f2) (f1, f2: minima found once, twice); a lower bound in expectation."""
-    f1, f2 = int((hits == 1).sum()), int((hits == 2).sum())
-    return len(hits) + (f1 * f1 / (2.0 * f2) if f2 else f1 * (f1 - 1) / 2.0)
 
 
 def show(row: dict) -> None:

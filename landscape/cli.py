@@ -25,6 +25,7 @@ import numpy as np
 from .basinhopping import HESSIAN_MODES, START_MODES, Settings, sample
 from .data import SCALINGS, SOURCES, DataSpec
 from .database import INTERRUPTED, Database, DatabaseError
+from .estimates import chao1
 from .models import ACTIVATIONS
 from .problem import ARCHITECTURES, Problem
 from .scoring import METHODS, SPACES, SPLITS, score
@@ -206,6 +207,9 @@ def summary(db: Database, lowest: int = 10) -> dict:
         "n_params": db.problem.model.n_params,
         "n_minima": len(m),
         "total_hits": int(m.hits.sum()),
+        "found_once": int((m.hits == 1).sum()),
+        "found_twice": int((m.hits == 2).sum()),
+        "chao1_minima": chao1(m.hits),
         "lowest": [{"id": int(i), "energy": float(m.energy[i]), "grad_rms": float(m.grad_rms[i]),
                     "hits": int(m.hits[i]), "lowest_eigenvalue": _nan_none(m.eigenvalues[i, 0]),
                     "first_found": [int(v) for v in m.first_found[i]]} for i in order],
@@ -233,7 +237,8 @@ def _inspect(args: argparse.Namespace) -> int:
             if model["kind"] == "mlp" else f"CNN channels {model['channels']} ({model['activation']})")
     print(f"{s['path']}: {arch}, {s['n_params']} parameters, data {p['data']['name']} "
           f"(test fraction {p['data']['test_fraction']}, sha256 {p['data_sha256'][:12]}), lam {p['lam']}")
-    print(f"{s['n_minima']} minima, found {s['total_hits']} times")
+    print(f"{s['n_minima']} minima, found {s['total_hits']} times ({s['found_once']} once, {s['found_twice']} twice; "
+          f"Chao1 estimate of all minima: {s['chao1_minima']:.1f})")
     if s["lowest"]:
         print(f"{'id':>6} {'energy':>18} {'grad_rms':>10} {'hits':>6} {'lowest eig':>11}  first found (run, walker, step)")
         for r in s["lowest"]:

@@ -31,8 +31,9 @@ def test_sample_and_inspect_end_to_end(tmp_path, capsys):
     assert code == 0 and s["n_minima"] >= 1 and s["n_params"] == 4 * 3 + 3 + 3 * 3 + 3
     assert s["runs"][0]["status"] == "completed" and s["runs"][0]["seed"] == 2
     assert s["lowest"][0]["energy"] == min(r["energy"] for r in s["lowest"])
+    assert s["chao1_minima"] >= s["n_minima"] >= s["found_once"] + s["found_twice"]
     code, out, _ = run(capsys, "inspect", db)
-    assert code == 0 and "MLP 4-3-3" in out
+    assert code == 0 and "MLP 4-3-3" in out and f"Chao1 estimate of all minima: {s['chao1_minima']:.1f}" in out
     # appending needs no problem options: the file's own problem is used
     code, out, _ = run(capsys, "sample", db, "--steps", "2", "--walkers", "2", "--quiet")
     assert code == 0
