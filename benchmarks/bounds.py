@@ -10,7 +10,10 @@ first 100 test points, float32, one thread, no gradients:
   50-step PGD maximising and minimising each output, averaged over the points.
 
 Then the time to score 1,000 Iris-sized networks (4-5 tanh-3, random weights) on 150
-points with the IBP log-volume. Trained networks are cached in benchmarks/_cache/.
+points with the IBP log-volume, and 80 digits-sized ones (64-32 tanh-10, random weights,
+float64) on the 1,257 training points, with points bounded in chunks
+(robustness.bounds.CHUNK_BYTES, the default) and in one piece. Trained networks are cached in
+benchmarks/_cache/.
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/bounds.py
 """
@@ -29,6 +32,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robustness import Linear, Network, Tanh, forward, from_sequential, log_volume, output_bounds, pgd  # noqa: E402
+from robustness import bounds  # noqa: E402
 from robustness.sensitivity import box_log_volume  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / "_cache"
@@ -106,6 +110,31 @@ def iris_seconds() -> float:
     return median_ms(lambda: log_volume(net, X, 0.1, method="ibp"), 20) / 1e3
 
 
+def chunk_seconds(X: torch.Tensor) -> list[str]:
+    """Seconds of one log_volume call of 80 digits-sized networks on the points X, chunked
+    (default) and in one piece, for CROWN+IBP logits and CROWN softmax."""
+    gen = torch.Generator().manual_seed(0)
+    k = 80
+
+    def layer(n_out: int, n_in: int) -> Linear:
+        return Linear(torch.randn(k, n_out, n_in, generator=gen, dtype=torch.float64) / n_in ** 0.5,
+                      torch.zeros(k, n_out, dtype=torch.float64))
+
+    net = Network((layer(32, 64), Tanh(), layer(10, 32)), (64,))
+    X = X.double()
+    out, default = [], bounds.CHUNK_BYTES
+    for method, space in (("ibp+crown", "logits"), ("crown", "softmax")):
+        times = []
+        for chunk in (default, 1 << 50):
+            bounds.CHUNK_BYTES = chunk
+            t = time.perf_counter()
+            log_volume(net, X, 0.05, method=method, space=space)
+            times.append(time.perf_counter() - t)
+        bounds.CHUNK_BYTES = default
+        out.append(f"{method} {space}: {times[0]:.2f} s in chunks, {times[1]:.2f} s in one piece")
+    return out
+
+
 def rows(net: Network, x: torch.Tensor, act: str) -> list[str]:
     """One table row per eps: times (ms) and gaps (nats) of our methods, then auto_LiRPA's."""
     ref, out = AUTO_LIRPA[act], []
@@ -142,6 +171,9 @@ def main() -> None:
         print(f"{act:5} test accuracy {acc:.4f}; auto_LiRPA: IBP {ref['ibp_ms']} ms, CROWN {ref['crown_ms']} ms")
     print(f"\nIris-sized 4-5(tanh)-3, K = 1000 networks x 150 points, IBP log-volume (float64): "
           f"{iris_seconds():.4f} s per call (target <= 1 s)")
+    print(f"digits-sized 64-32(tanh)-10, K = 80 networks x {len(Xtr)} points (float64), one log_volume call:")
+    with torch.no_grad():
+        print("\n".join("  " + line for line in chunk_seconds(Xtr)))
 
 
 if __name__ == "__main__":

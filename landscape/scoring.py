@@ -6,6 +6,7 @@ A score is named ``sensitivity_<space>_<method>_eps<eps>_<split>`` and records e
 units: standardised features, or [0, 1] pixels where the ball is also clipped to [0, 1]),
 method, output space, data split and number of points. Scoring again computes only what is
 missing (minima added since, or scores not yet asked for). Robustness is minus the score.
+Sets the process's allocator to keep freed memory (:mod:`landscape.allocator`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 
 import robustness
 
+from . import allocator
 from .database import Database
 
 METHODS = ("ibp", "crown", "ibp+crown")
@@ -40,6 +42,8 @@ def score(path: str, eps: float | Sequence[float], method: str = "ibp", space: s
         raise ValueError(f"eps must be one or more finite numbers >= 0, got {eps}")
     eps = [float(e) for e in eps]
     from tqdm.auto import tqdm
+
+    allocator.keep_freed_memory()  # the bounds' chunks then reuse the process's pages (robustness.bounds)
 
     done: dict[str, int] = {}
     with Database(path, mode="a") as db:

@@ -27,6 +27,16 @@ from ._inputs import Domain, as_batch, as_spec, check_choice, check_nonnegative,
 from .network import ACTIVATIONS, Linear, Network, ReLU, Sigmoid, Tanh
 
 METHODS = ("ibp", "crown", "ibp+crown")
+CHUNK_BYTES = 16 << 20
+"""Points are bounded in chunks of about this many bytes of the largest tensor per chunk: K x
+points x (widest layer) x (widest layer or the specification's rows) float64 for CROWN, without
+the first factor of width for IBP (:func:`points_per_chunk`; :func:`~robustness.log_volume`
+chunks alike). Bounds do not depend on it: each point's are computed alone. In one piece the
+tensors exceed glibc's mmap threshold (at most 32 MiB), each is served with fresh pages, and
+their faults cost more than the arithmetic. Measured, one thread, log-volumes of 80 random
+digits-sized 64-32(tanh)-10 networks on 1,257 points (benchmarks/bounds.py): ibp+crown 2.6 ->
+1.1 s, CROWN of softmax bounds 45.5 -> 7.3 s; ``landscape score`` of 79 stored digits minima on
+1,437 points: 5.1 -> 1.8 s and 69 -> 10.4 s."""
 _RELAX = {ReLU: relaxations.relu, Tanh: relaxations.tanh, Sigmoid: relaxations.sigmoid}
 
 
@@ -93,7 +103,7 @@ def _ibp(net: Network, c: Tensor, r: Tensor, C: Tensor | None) -> tuple[Tensor, 
 def ibp(net: Network, x: Tensor, eps: float, C: Tensor | None = None,
         domain: Domain = None) -> tuple[Tensor, Tensor]:
     """Interval bound propagation: (lower, upper), each (K, N, out), or (K, N, m) with C."""
-    return _ibp(net, *_setup(net, x, eps, C, domain))
+    return output_bounds(net, x, eps, "ibp", C, domain)
 
 
 def _relax_back(a: Tensor, relax: relaxations.Relaxation, upper: bool) -> tuple[Tensor, Tensor]:
@@ -163,7 +173,7 @@ def crown(net: Network, x: Tensor, eps: float, C: Tensor | None = None,
     N x (neurons of the layer) x (input size) for every layer before an activation,
     which suits MLPs and small convolutional networks (use :func:`ibp` beyond).
     """
-    return _crown(net, *_setup(net, x, eps, C, domain))[0]
+    return output_bounds(net, x, eps, "crown", C, domain)
 
 
 def output_bounds(net: Network, x: Tensor, eps: float, method: str = "ibp+crown", C: Tensor | None = None,
@@ -172,10 +182,29 @@ def output_bounds(net: Network, x: Tensor, eps: float, method: str = "ibp+crown"
     with the interval box propagated from CROWN's intermediate bounds, which lies
     inside the plain IBP box)."""
     check_choice("method", method, METHODS)
-    setup = _setup(net, x, eps, C, domain)
+    c0, r0, C = _setup(net, x, eps, C, domain)
+    n, step = c0.shape[1], points_per_chunk(net, method, net.n_outputs if C is None else C.shape[-2])
+    if step >= n:
+        return _bounds(net, method, c0, r0, C)
+
+    def points(t: Tensor | None, a: int) -> Tensor | None:  # a chunk of what is not shared by all points
+        return t if t is None or t.shape[1] == 1 else t[:, a:a + step]
+
+    parts = [_bounds(net, method, points(c0, a), points(r0, a), points(C, a)) for a in range(0, n, step)]
+    return torch.cat([lo for lo, _ in parts], 1), torch.cat([hi for _, hi in parts], 1)
+
+
+def points_per_chunk(net: Network, method: str, rows: int) -> int:
+    """How many points to bound at once (see CHUNK_BYTES) for ``rows`` output rows."""
+    widest = max(torch.Size(shape).numel() for shape in net.shapes)
+    per_point = 8 * net.k * max(widest, rows) * (1 if method == "ibp" else widest)
+    return max(1, CHUNK_BYTES // per_point)
+
+
+def _bounds(net: Network, method: str, c0: Tensor, r0: Tensor, C: Tensor | None) -> tuple[Tensor, Tensor]:
     if method == "ibp":
-        return _ibp(net, *setup)
-    (lo, hi), (ilo, ihi) = _crown(net, *setup)
+        return _ibp(net, c0, r0, C)
+    (lo, hi), (ilo, ihi) = _crown(net, c0, r0, C)
     if method == "crown":
         return lo, hi
     return torch.maximum(lo, ilo), torch.minimum(hi, ihi)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._inputs import Domain, as_batch, as_labels, check_choice, check_nonnegative
-from .bounds import METHODS, logit_differences, output_bounds
+from .bounds import METHODS, logit_differences, output_bounds, points_per_chunk
 from .network import Network, forward
 
 SPACES = ("logits", "logit_diff", "softmax")
@@ -83,18 +83,31 @@ def log_volume(net: Network, x: Tensor, eps: float, *, method: str = "ibp", spac
     if not isinstance(split, str):
         raise ValueError(f"split must be a string, got {split!r}")
     n_out = net.n_outputs
-    if space == "logits":
-        lo, hi = output_bounds(net, x, eps, method, domain=domain)
-    elif space == "logit_diff":
+    x = as_batch(x, net.input_shape, net.k, net.dtype)
+    ref = None
+    if space == "logit_diff":
         if labels is None:
             with torch.no_grad():
                 ref = forward(net, x).argmax(-1)
         else:
-            ref = as_labels(labels, as_batch(x, net.input_shape, net.k, net.dtype).shape[1], n_out)
+            ref = as_labels(labels, x.shape[1], n_out)
+    # in chunks of points, so that the (K, N, rows) boxes and their temporaries stay small
+    step = points_per_chunk(net, method, {"logits": n_out, "logit_diff": n_out - 1, "softmax": n_out * n_out}[space])
+    values = torch.cat([_values(net, x[:, a:a + step], eps, method, space, None if ref is None else ref[..., a:a + step],
+                                domain, floor) for a in range(0, x.shape[1], step)], dim=1)
+    return Sensitivity(values, values.mean(-1), eps, method, space, split, domain)
+
+
+def _values(net: Network, x: Tensor, eps: float, method: str, space: str, ref: Tensor | None, domain: Domain,
+            floor: float) -> Tensor:
+    """Log-volumes (K, n) of the points x (1 or K, n, *input_shape); ``ref`` (n,) or (K, n) for 'logit_diff'."""
+    n_out = net.n_outputs
+    if space == "logits":
+        lo, hi = output_bounds(net, x, eps, method, domain=domain)
+    elif space == "logit_diff":
         lo, hi = output_bounds(net, x, eps, method, C=logit_differences(ref, n_out), domain=domain)
     else:
         lo, hi = output_bounds(net, x, eps, method, C=_pairwise_differences(n_out), domain=domain)
         lo, hi = lo.unflatten(-1, (n_out, n_out)), hi.unflatten(-1, (n_out, n_out))
         lo, hi = torch.exp(-torch.logsumexp(hi, -1)), torch.exp(-torch.logsumexp(lo, -1))
-    values = box_log_volume(lo, hi, floor)
-    return Sensitivity(values, values.mean(-1), eps, method, space, split, domain)
+    return box_log_volume(lo, hi, floor)

@@ -17,6 +17,7 @@ from robustness import (
     output_bounds,
     stack,
 )
+from robustness import bounds, sensitivity
 from robustness.sensitivity import box_log_volume
 
 METHODS = ("ibp", "crown", "ibp+crown")
@@ -73,6 +74,41 @@ def test_batched_bounds_equal_per_network_bounds(digits, build, shape, act):
                 torch.testing.assert_close(clo[k], lo[0], rtol=1e-12, atol=1e-12)
                 torch.testing.assert_close(cup[k], up[0], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(forward(batched, shared)[1], forward(nets[1], shared)[0])
+
+
+@pytest.mark.parametrize("build, shape", [(mlp, (64,)), (cnn, (1, 8, 8))])
+def test_bounds_and_log_volumes_in_chunks_equal_those_in_one_piece(digits, build, shape, monkeypatch):
+    """Points are bounded in chunks (robustness.bounds.CHUNK_BYTES); each point's bounds are
+    computed alone, so chunks of 3 of 7 points (3 + 3 + 1) give what one piece gives."""
+    nets = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        nets.append(from_sequential(build("tanh").requires_grad_(False), shape))
+    net = stack(nets)
+    shared = digits[1][:7].view(7, *shape)
+    own = digits[1][:21].view(3, 7, *shape)
+    labels = digits[3][:7]
+    C = torch.randn(3, 7, 2, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def everything():
+        out = []
+        for x in (shared, own):
+            for method in METHODS:
+                for domain in (None, (0, 1)):
+                    out += [*output_bounds(net, x, 0.05, method, domain=domain),
+                            *output_bounds(net, x, 0.05, method, C=C, domain=domain)]
+                for space, given in (("logits", None), ("logit_diff", None), ("logit_diff", labels),
+                                     ("softmax", None)):
+                    out.append(log_volume(net, x, 0.05, method=method, space=space, labels=given).values)
+        return out
+
+    monkeypatch.setattr(bounds, "CHUNK_BYTES", 1 << 50)
+    whole = everything()
+    for module in (bounds, sensitivity):
+        monkeypatch.setattr(module, "points_per_chunk", lambda net, method, rows: 3)
+    for a, b in zip(everything(), whole, strict=True):
+        assert a.shape == b.shape and a.shape[1] == 7
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_float32_network_gives_float32_bounds(networks, digits):
