@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -52,12 +53,15 @@ class DataSpec:
         for key in ("path", "label_column"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 raise ValueError(f"{key} must be text, got {getattr(self, key)!r}")
-        if isinstance(self.test_fraction, bool) or not isinstance(self.test_fraction, (int, float)):
+        if isinstance(self.test_fraction, bool) or not isinstance(self.test_fraction, numbers.Real):
             raise ValueError(f"test_fraction must be a number, got {self.test_fraction!r}")
+        object.__setattr__(self, "test_fraction", float(self.test_fraction))  # plain numbers: the spec is JSON
         for key in ("split_seed", "limit"):
             v = getattr(self, key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
-                raise ValueError(f"{key} must be a whole number, got {v!r}")
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                    raise ValueError(f"{key} must be a whole number, got {v!r}")
+                object.__setattr__(self, key, int(v))
         if self.split_seed is None or not 0 <= self.split_seed < 2 ** 32:
             raise ValueError(f"split_seed must be in [0, 2**32), got {self.split_seed}")
         if self.name not in SOURCES:

@@ -6,6 +6,7 @@ The CLI, the Python API and every later command rebuild exactly the same energy 
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field, replace
 
 from . import data as data_mod
@@ -35,7 +36,7 @@ class Problem:
                **data_options) -> "Problem":
         """A problem whose model fits the data: an MLP (inputs, *hidden, classes) or a CNN with
         ``channels`` for image data. ``data_options`` go to :class:`landscape.data.DataSpec`."""
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+        if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
             raise ValueError(f"lam must be a number, got {lam!r}")
         for key, widths in (("hidden", hidden), ("channels", channels)):
             if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):

@@ -1,4 +1,5 @@
 import gzip
+import json
 import struct
 
 import numpy as np
@@ -96,6 +97,10 @@ def test_bad_input(tmp_path):
         with pytest.raises(ValueError, match=message):
             data.DataSpec("iris", **options)
     assert data.DataSpec("npz", path=tmp_path / "a.npz").path == str(tmp_path / "a.npz")  # a path-like is kept as text
+    numpy_numbers = data.DataSpec("iris", test_fraction=np.float32(0.25), split_seed=np.int64(3), limit=np.int32(50))
+    assert json.loads(json.dumps(numpy_numbers.to_dict())) == dict(name="iris", path=None, label_column=None,
+                                                                  scaling="auto", test_fraction=0.25, split_seed=3,
+                                                                  limit=50)
     for text, message in (("a,b,label\n1,2,x\n3,4\n", "line 3 has 2 fields, the header 3"),
                           ("a,b,label\n1,2,x\n3,4,y,5\n", "line 3 has 4 fields"),
                           ("a,b,label\n", "no data rows"), ("a,b,label\n1,two,x\n", "non-numeric")):

@@ -454,6 +454,7 @@ def test_sample_refuses_a_problem_or_settings_of_another_type(problem, tmp_path)
     with pytest.raises(ValueError, match="hidden must be a list of widths"):
         landscape.Problem.create("iris", hidden=5)
     assert not path.exists()
+    assert landscape.Problem.create("iris", lam=np.float32(0.5)).lam == 0.5  # NumPy numbers are numbers
 
 
 def test_sample_takes_numpy_integers(problem, tmp_path):
