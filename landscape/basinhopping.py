@@ -37,6 +37,7 @@ Defaults are :class:`Settings`.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 import time
@@ -99,13 +100,15 @@ class Settings:
     start: str = "walker"
 
     def __post_init__(self) -> None:
+        numeric = {int: numbers.Integral, float: numbers.Real}  # NumPy numbers too
         for f in fields(self):
             v, want = getattr(self, f.name), type(f.default)
-            ok = isinstance(v, want) and not (want is not bool and isinstance(v, bool))
-            if not ok and not (want is float and isinstance(v, int) and not isinstance(v, bool)):
+            ok = isinstance(v, numeric.get(want, want)) and not (want is not bool and isinstance(v, bool))
+            if not ok:
                 raise ValueError(f"setting {f.name} must be {want.__name__}, got {type(v).__name__} {v!r}")
             if want is float and not math.isfinite(v):
                 raise ValueError(f"setting {f.name} must be a finite number, got {v!r}")
+            object.__setattr__(self, f.name, want(v))  # plain Python values: the settings are stored as JSON
         for name in ("walkers", "adapt_every", "reseed_after", "maxiter", "memory"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

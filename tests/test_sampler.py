@@ -457,8 +457,11 @@ def test_sample_refuses_a_problem_or_settings_of_another_type(problem, tmp_path)
     assert landscape.Problem.create("iris", lam=np.float32(0.5)).lam == 0.5  # NumPy numbers are numbers
 
 
-def test_sample_takes_numpy_integers(problem, tmp_path):
-    res = landscape.sample(problem, str(tmp_path / "x.h5"), landscape.Settings(walkers=4), steps=np.int64(1),
-                           seed=np.int32(3), progress=False)
+def test_sample_takes_numpy_numbers(problem, tmp_path):
+    settings = landscape.Settings(walkers=np.int64(4), step=np.float32(0.5), temperature=np.int32(1))
+    assert settings == landscape.Settings(walkers=4, step=0.5, temperature=1.0) and type(settings.walkers) is int
+    res = landscape.sample(problem, str(tmp_path / "x.h5"), settings, steps=np.int64(1), seed=np.int32(3),
+                           progress=False)
     with Database(tmp_path / "x.h5") as db:
         assert res.counters["steps"] == 4 and db.runs()[0]["seed"] == 3
+        assert db.runs()[0]["parameters"]["walkers"] == 4 and db.runs()[0]["parameters"]["step"] == 0.5
