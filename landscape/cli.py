@@ -7,7 +7,8 @@
 
 Errors are one line on stderr with exit status 2; nothing already in the database is lost.
 Ctrl-C ends with exit status 130 (128 + SIGINT, as shells expect) after keeping what was written:
-an interrupted ``sample`` stores its walkers, prints its summary and can be resumed.
+an interrupted ``sample`` stores its walkers, prints its summary and can be resumed. Output into a
+pipe whose reader has stopped ends quietly with status 141 (128 + SIGPIPE).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ PROBLEM_KEYS = ("data", "data_path", "label_column", "scaling", "test_fraction",
 SAMPLER_KEYS = tuple(f.name for f in fields(Settings))
 RUN_KEYS = ("steps", "minutes", "seed", "threads", "processes")
 INTERRUPTED_EXIT = 130  # 128 + SIGINT
+BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "score":
             return _score(args)
         return _inspect(args)
+    except BrokenPipeError:  # the reader of stdout stopped (`landscape inspect DB | head`): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush fails silently
+        return BROKEN_PIPE_EXIT
     except (ValueError, DatabaseError, OSError) as e:
         return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except KeyboardInterrupt:

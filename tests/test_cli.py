@@ -295,6 +295,20 @@ def test_ctrl_c_outside_sampling_is_one_line_and_exit_130(tmp_path, capsys, monk
     assert code == 130 and err.count("\n") == 1 and "interrupted" in err
 
 
+def test_output_into_a_closed_pipe_ends_quietly_with_141(tmp_path, capsys):
+    """`landscape inspect DB | head -1`: the reader stops early; no 'Broken pipe' error line."""
+    db = str(tmp_path / "s.h5")
+    assert run(capsys, "sample", db, *FAST, "--steps", "2")[0] == 0
+    read, write = os.pipe()
+    os.close(read)  # a reader that is already gone: the first write fails
+    try:
+        proc = subprocess.run([sys.executable, "-m", "landscape.cli", "inspect", db], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == ""
+
+
 def test_a_second_writer_is_refused_while_a_run_writes(tmp_path, capsys):
     """HDF5 lifts its file lock once SWMR writing starts; the file's 'writer' record keeps a second
     `landscape sample` from taking over a live run's file (it used to clear the run's write flags
