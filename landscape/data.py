@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import numbers
 import os
+import zipfile
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -173,6 +174,8 @@ def _read(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, tuple | None, float |
 
 
 def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not an .npz file (a zip of .npy arrays, as numpy.savez writes)")
     try:
         f = np.load(path, allow_pickle=False)
         files = set(f.files)

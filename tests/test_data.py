@@ -77,8 +77,11 @@ def test_bad_input(tmp_path):
         data.load(data.DataSpec("npz", path=str(tmp_path / "missing.npz")))
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(ValueError, match=r"not an \.npz file \(a zip of \.npy arrays"):
         data.load(data.DataSpec("npz", path=str(bad)))
+    (tmp_path / "table.csv").write_text("a,label\n1,x\n")
+    with pytest.raises(ValueError, match=r"table\.csv: not an \.npz file"):
+        data.load(data.DataSpec("npz", path=str(tmp_path / "table.csv")))
     nan = tmp_path / "nan.npz"
     np.savez(nan, X=np.array([[1.0, np.nan], [0.0, 1.0], [2, 2], [3, 3]]), y=np.array([0, 1, 0, 1]))
     with pytest.raises(ValueError, match="NaN"):
