@@ -23,6 +23,7 @@ from dataclasses import fields
 
 import numpy as np
 
+from . import __version__
 from .basinhopping import HESSIAN_MODES, START_MODES, Settings, sample
 from .data import SCALINGS, SOURCES, DataSpec
 from .database import INTERRUPTED, Database, DatabaseError
@@ -51,6 +52,7 @@ def _fail(message: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="landscape", description="Explore the energy landscape of a neural-network loss.")
+    p.add_argument("--version", action="version", version=f"landscape {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("sample", help="basin-hopping: collect minima into an HDF5 database")

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from landscape import allocator, database, identify
+from landscape import __version__, allocator, database, identify
 from landscape.cli import main
 from landscape.database import Database
 
@@ -42,6 +42,12 @@ def test_sample_and_inspect_end_to_end(tmp_path, capsys):
     assert code == 0 and "run 2 (completed): 64 steps" in out  # 32 walkers, the default
     with Database(db) as d:
         assert [r["parameters"]["processes"] for r in d.runs()] == [1, 1, 2]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"landscape {__version__}"
 
 
 def test_resume_keeps_the_last_runs_settings_unless_given(tmp_path, capsys):
