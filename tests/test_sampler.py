@@ -428,7 +428,7 @@ def test_allocator_settings_are_taken_where_the_c_library_is_glibc():
                                  dict(walkers=2.5), dict(hessian="exact"), dict(start="random"),
                                  dict(adaptive=True, start="uniform"), dict(memory=0), dict(maxiter=0),
                                  dict(reseed_after=0), dict(adapt_every=0), dict(refine_tol=0.0),
-                                 dict(refine_tol=1e-5), dict(init_scale=-1.0), dict(adapt_factor=1.5),
+                                 dict(init_scale=-1.0), dict(adapt_factor=1.5),
                                  dict(maxstep=0.0)])
 def test_settings_refuse_bad_values(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -443,6 +443,15 @@ def test_sample_refuses_bad_budgets_and_counts_before_creating_the_file(problem,
     with pytest.raises(ValueError, match=next(k for k in bad if k != "steps" or len(bad) == 1)):
         landscape.sample(problem, str(path), landscape.Settings(walkers=4), progress=False, **bad)
     assert not path.exists()
+
+
+def test_a_quench_tolerance_tighter_than_the_refinement_one_is_kept(problem, tmp_path):
+    """tol below refine_tol (1e-10) needs no refinement: every stored minimum is at tol."""
+    landscape.sample(problem, str(tmp_path / "x.h5"), landscape.Settings(walkers=4, tol=1e-11), steps=2,
+                     progress=False)
+    with Database(tmp_path / "x.h5") as db:
+        m = db.minima()
+        assert len(m) > 0 and (m.grad_rms <= 1e-11).all()
 
 
 def test_sample_refuses_a_problem_or_settings_of_another_type(problem, tmp_path):
