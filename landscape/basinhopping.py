@@ -115,8 +115,8 @@ class Settings:
         for name in ("temperature", "step", "tol", "refine_tol", "maxstep", "init_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 < self.adapt_factor < 1:
-            raise ValueError(f"adapt_factor must be in (0, 1), got {self.adapt_factor}")
+        if not 0 < self.adapt_factor <= 1:
+            raise ValueError(f"adapt_factor must be in (0, 1], got {self.adapt_factor}")
         if not 0 < self.target_acceptance < 1:
             raise ValueError(f"target_acceptance must be in (0, 1), got {self.target_acceptance}")
         if not self.visit_bias >= 0:
