@@ -13,7 +13,8 @@ Layout (schema version 1; every group and dataset carries a ``description`` attr
     /minima/hits           (N,)   int64    how often a quench found this minimum
     /minima/first_found    (N, 3) int64    (run, walker, step) of the first find
     /scores/<name>         (N,)   float64  one score per minimum (NaN: not computed); attrs say what
-    /runs/<id>             attrs: command, seed, parameters (JSON), started, ended, status
+    /runs/<id>             attrs: command, seed, parameters (JSON), software (the landscape version
+                           that ran it), started, ended, status
     /runs/<id>/counters    (C,)   float64  names in attr 'names'
     /runs/<id>/walkers/*   walker state that --resume continues from
 
@@ -247,7 +248,8 @@ class Database:
         rid = len(runs)
         g = runs.create_group(str(rid))
         g.attrs.update(command=command, seed=seed, parameters=json.dumps(parameters, sort_keys=True),
-                       started=_now(), status="running (or killed, if no 'ended' attribute)",
+                       software=f"landscape {__version__}", started=_now(),
+                       status="running (or killed, if no 'ended' attribute)",
                        description="one invocation of landscape sample")
         c = g.create_dataset("counters", data=np.zeros(len(COUNTERS)))
         c.attrs.update(names=json.dumps(COUNTERS), description="running totals of this run, in order of 'names'")
@@ -288,7 +290,8 @@ class Database:
                 live = rid == ids[-1] and _running(json.loads(self.f.attrs.get("writer", "{}")))
                 status = RUNNING if live else KILLED
             out.append({"id": int(rid), "command": a.get("command"), "seed": int(a.get("seed", -1)),
-                        "parameters": json.loads(a.get("parameters", "{}")), "started": a.get("started"),
+                        "parameters": json.loads(a.get("parameters", "{}")), "software": a.get("software"),
+                        "started": a.get("started"),
                         "ended": a.get("ended"), "status": status, "counters": counters})
         return out
 

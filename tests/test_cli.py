@@ -30,6 +30,7 @@ def test_sample_and_inspect_end_to_end(tmp_path, capsys):
     s = json.loads(out)
     assert code == 0 and s["n_minima"] >= 1 and s["n_params"] == 4 * 3 + 3 + 3 * 3 + 3
     assert s["runs"][0]["status"] == "completed" and s["runs"][0]["seed"] == 2
+    assert s["runs"][0]["software"] == f"landscape {__version__}"
     assert s["lowest"][0]["energy"] == min(r["energy"] for r in s["lowest"])
     assert s["chao1_minima"] >= s["n_minima"] >= s["found_once"] + s["found_twice"]
     code, out, _ = run(capsys, "inspect", db)
