@@ -216,7 +216,7 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
         raise ValueError("give a budget: steps (per walker) or minutes")
     if steps is not None and not (_is_int(steps) and steps >= 1):
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if minutes is not None and not (isinstance(minutes, (int, float, np.number)) and not isinstance(minutes, bool)
+    if minutes is not None and not (isinstance(minutes, numbers.Real) and not isinstance(minutes, bool)
                                     and 0 < minutes < math.inf):
         raise ValueError(f"minutes must be a finite number > 0, got {minutes!r}")
     if not (_is_int(threads) and _is_int(processes) and threads >= 1 and processes >= 1):
@@ -282,7 +282,7 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
 
 
 def _is_int(v: object) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _start(db: Database, P: int, settings: Settings, seed: int, resume: bool) -> _Walkers:

@@ -15,6 +15,7 @@ A spec is plain data (:class:`MLP`, :class:`CNN`); its parameters live in one fl
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Union
 
@@ -64,8 +65,8 @@ class UnitGroup:
 
 def _integers(name: str, values) -> tuple[int, ...]:
     """``values`` as a tuple of ints; ValueError for anything not a whole number (2.5 is not 2)."""
-    whole = [isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-             or isinstance(v, (float, np.floating)) and float(v).is_integer() for v in values]
+    whole = [isinstance(v, numbers.Integral) and not isinstance(v, bool)
+             or isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer() for v in values]
     if not all(whole):
         raise ValueError(f"{name} must be whole numbers, got {tuple(values)}")
     return tuple(int(v) for v in values)

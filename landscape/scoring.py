@@ -10,6 +10,7 @@ Sets the process's allocator to keep freed memory (:mod:`landscape.allocator`).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import numpy as np
@@ -37,7 +38,7 @@ def score(path: str, eps: float | Sequence[float], method: str = "ibp", space: s
         if value not in allowed:
             raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
     eps = list(np.atleast_1d(np.asarray(eps, dtype=object)))
-    if not eps or any(isinstance(e, bool) or not isinstance(e, (int, float, np.integer, np.floating))
+    if not eps or any(isinstance(e, bool) or not isinstance(e, numbers.Real)
                       or not (e >= 0 and np.isfinite(e)) for e in eps):
         raise ValueError(f"eps must be one or more finite numbers >= 0, got {eps}")
     eps = [float(e) for e in eps]
