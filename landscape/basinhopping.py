@@ -243,6 +243,7 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     allocator.keep_freed_memory()
     with threadpool_limits(limits=threads), Database(path, problem, mode="a") as db:
         walkers = _start(db, P, settings, seed, resume)
+        stored = db.minima()  # read (and checksum-checked) before anything is written
         K = len(walkers.E)
         if processes > K:
             raise ValueError(f"{processes} processes for {K} walkers: give at least one walker per process")
@@ -254,7 +255,6 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
                   "processes": processes, "resume": resume, "energy_backend": energy.backend,
                   "hessian_used": hessian_mode}
         run_id = db.start_run(command, seed, params, shapes)
-        stored = db.minima()
         bar = _progress(progress, K * steps if steps else None)
         store = _Store(db, run_id, bar)
         deadline = time.perf_counter() + 60.0 * minutes if minutes is not None else math.inf

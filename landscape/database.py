@@ -18,6 +18,10 @@ Layout (schema version 1; every group and dataset carries a ``description`` attr
     /runs/<id>/counters    (C,)   float64  names in attr 'names'
     /runs/<id>/walkers/*   walker state that --resume continues from
 
+Every dataset is chunked and carries a Fletcher-32 checksum per chunk (HDF5's own filter, which
+any HDF5 reader applies): data damaged on disk or in a copy is refused, not read as if sound.
+Metadata has HDF5's checksums.
+
 Sampling runs write in HDF5's single-writer/multiple-reader mode (SWMR), whose ordered
 writes keep the file readable at every moment, and flush after every batch of reported
 minima: a killed run leaves a file holding everything it had reported. Commands that only
@@ -150,7 +154,7 @@ class Database:
         P = problem.model.n_params
         for name, (dt, shape, desc) in _MINIMA.items():
             shape = (P,) if shape == "P" else shape
-            ds = mg.create_dataset(name, (0, *shape), maxshape=(None, *shape), dtype=dt,
+            ds = mg.create_dataset(name, (0, *shape), maxshape=(None, *shape), dtype=dt, fletcher32=True,
                                    chunks=(max(1, min(256, 65536 // (8 * max(1, int(np.prod(shape)))))), *shape))
             ds.attrs["description"] = desc
         f.create_group("runs").attrs["description"] = "one group per sampling run, named by its number"
@@ -183,7 +187,7 @@ class Database:
 
     def minima(self) -> Minima:
         n = len(self)
-        return Minima(**{name: ds[:n] for name, ds in self._minima.items()})
+        return Minima(**{name: self._read(ds, slice(0, n)) for name, ds in self._minima.items()})
 
     def add_minimum(self, energy: float, coords: np.ndarray, grad_rms: float, eigenvalues: np.ndarray,
                     first_found: tuple[int, int, int]) -> int:
@@ -209,7 +213,7 @@ class Database:
             u, c = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
             h = self._minima["hits"]
             for i, k in zip(u, c):
-                h[i] = h[i] + k
+                h[i] = self._read(h, i) + k
 
     # -- scores --------------------------------------------------------------------------------
     def scores(self) -> dict[str, tuple[np.ndarray, dict]]:
@@ -220,7 +224,7 @@ class Database:
         out = {}
         for name, ds in self.f["scores"].items():
             v = np.full(n, np.nan)
-            v[: ds.shape[0]] = ds[()]
+            v[: ds.shape[0]] = self._read(ds)
             out[name] = (v, dict(ds.attrs))
         return out
 
@@ -229,7 +233,8 @@ class Database:
         g = self.f.require_group("scores")
         g.attrs["description"] = "scores of the minima, one dataset per score, rows as in /minima"
         if name not in g:
-            ds = g.create_dataset(name, (0,), maxshape=(None,), dtype="f8", chunks=(1024,), fillvalue=np.nan)
+            ds = g.create_dataset(name, (0,), maxshape=(None,), dtype="f8", chunks=(1024,), fillvalue=np.nan,
+                                  fletcher32=True)
             ds.attrs.update(attrs)
         ds = g[name]
         if ds.shape[0] < len(self):
@@ -251,12 +256,12 @@ class Database:
                        software=f"landscape {__version__}", started=_now(),
                        status="running (or killed, if no 'ended' attribute)",
                        description="one invocation of landscape sample")
-        c = g.create_dataset("counters", data=np.zeros(len(COUNTERS)))
+        c = g.create_dataset("counters", data=np.zeros(len(COUNTERS)), fletcher32=True)
         c.attrs.update(names=json.dumps(COUNTERS), description="running totals of this run, in order of 'names'")
         wg = g.create_group("walkers")
         wg.attrs["description"] = "state of each walker at the last flush, for --resume"
         for name, (shape, dt, desc) in walker_shapes.items():
-            wg.create_dataset(name, shape, dtype=dt).attrs["description"] = desc
+            wg.create_dataset(name, shape, dtype=dt, fletcher32=True).attrs["description"] = desc
         self.f.attrs["writer"] = json.dumps(_process())
         self.f.flush()
         self.f.swmr_mode = True
@@ -284,7 +289,7 @@ class Database:
         for rid in ids:
             g = self.f[f"runs/{rid}"]
             a = dict(g.attrs)
-            counters = dict(zip(json.loads(g["counters"].attrs["names"]), g["counters"][()].tolist()))
+            counters = dict(zip(json.loads(g["counters"].attrs["names"]), self._read(g["counters"]).tolist()))
             status = a.get("status")
             if a.get("ended") is None:
                 live = rid == ids[-1] and _running(json.loads(self.f.attrs.get("writer", "{}")))
@@ -296,7 +301,23 @@ class Database:
         return out
 
     def walker_state(self, rid: int) -> dict[str, np.ndarray]:
-        return {k: v[()] for k, v in self.f[f"runs/{rid}/walkers"].items()}
+        return {k: self._read(v) for k, v in self.f[f"runs/{rid}/walkers"].items()}
+
+    def _read(self, ds: h5py.Dataset, selection: slice | int | tuple = ()) -> np.ndarray:
+        """``ds[selection]``. Every dataset written here carries a Fletcher-32 checksum per chunk;
+        data whose checksum fails is damage, reported as such. A reader of a file that a run may be
+        writing tries twice more, 0.1 s apart, as the run may be rewriting that chunk."""
+        live = self.f.swmr_mode and not self.writable
+        for attempt in range(3 if live else 1):
+            if attempt:
+                time.sleep(0.1)
+                ds.refresh()
+            try:
+                return ds[selection]
+            except OSError as e:
+                if "filter returned failure" not in str(e):
+                    raise
+        raise DatabaseError(f"{self.path}: damaged (the checksum of data in {ds.name} fails); restore it from a backup")
 
     def flush(self) -> None:
         self.f.flush()

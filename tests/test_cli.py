@@ -351,6 +351,59 @@ def test_a_truncated_or_damaged_file_is_refused_at_once(tmp_path, capsys, damage
     assert code == 2 and damage in err and bad.read_bytes() == before
 
 
+@pytest.mark.parametrize("name, writer", [
+    ("minima/coords", ["sample", "--steps", "1"]), ("minima/hits", ["sample", "--steps", "1"]),
+    ("runs/0/counters", ["sample", "--steps", "1"]),
+    ("scores/sensitivity_logits_ibp_eps0.1_test", ["score", "--eps", "0.1", "0.2"])])
+def test_damaged_data_is_refused_not_read(tmp_path, capsys, name, writer):
+    """A flipped byte in a dataset's raw data (no metadata touched) fails its Fletcher-32 checksum:
+    `inspect` and the command that would write to it give one line naming the dataset and exit 2,
+    and the file is left as it was. Before, the damaged values were read as if they were sound."""
+    db = tmp_path / "d.h5"
+    assert run(capsys, "sample", str(db), *FAST, "--test-fraction", "0.2", "--steps", "2")[0] == 0
+    assert run(capsys, "score", str(db), "--eps", "0.1", "--quiet")[0] == 0
+    with h5py.File(db, "r") as f:
+        offset = f[name].id.get_chunk_info(0).byte_offset
+    data = bytearray(db.read_bytes())
+    data[offset + 3] ^= 0xFF
+    db.write_bytes(bytes(data))
+    for argv in (["inspect", str(db)], [writer[0], str(db), *writer[1:], "--quiet"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1 and f"damaged (the checksum of data in /{name} fails)" in err
+    assert db.read_bytes() == bytes(data)
+
+
+def test_a_reader_of_a_live_file_reads_a_chunk_again_before_calling_it_damaged(tmp_path):
+    """While a run writes, a chunk being rewritten can fail its checksum for a moment: the reader
+    tries again (twice, 0.1 s apart) and reads it; a chunk that keeps failing is damage."""
+    db = tmp_path / "l.h5"
+    proc = _sampling(db, 1)
+
+    class Rewritten:  # fails its checksum on the first `failures` reads
+        name = "/minima/energy"
+
+        def __init__(self, failures):
+            self.failures = failures
+
+        def refresh(self):
+            pass
+
+        def __getitem__(self, selection):
+            self.failures -= 1
+            if self.failures >= 0:
+                raise OSError("Can't synchronously read data (filter returned failure during read)")
+            return np.zeros(3)
+
+    try:
+        with Database(db) as d:
+            assert d.f.swmr_mode and len(d.minima()) > 0
+            assert d._read(Rewritten(2)).shape == (3,)
+            with pytest.raises(database.DatabaseError, match="damaged"):
+                d._read(Rewritten(3))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+
 def test_a_killed_runs_damaged_file_is_refused_at_once(tmp_path, capsys):
     """A file left marked open for writing by a run that no longer runs, with zeroed metadata: read
     as SWMR with HDF5's default of 100 attempts per damaged read, `inspect` hung for over an hour;
