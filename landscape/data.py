@@ -8,7 +8,9 @@ materialised by :func:`load`. Sources:
   every other column is a numeric feature.
 - ``npz``: a NumPy ``.npz`` file holding ``X`` (N, ...) and ``y`` (N,).
 - ``mnist``: MNIST-format IDX files (``*-images-idx3-ubyte`` and ``*-labels-idx1-ubyte``,
-  optionally gzipped) in the directory ``path``; the ``train-`` pair is used.
+  optionally gzipped) in the directory ``path``, whose ``train-`` pair is used; or ``path`` is
+  an .npz file holding ``x_train`` (N, H, W) in 0..255 and ``y_train`` (N,), as Keras's
+  ``mnist.npz`` does (Fashion-MNIST's too).
 
 Scaling (``scaling='auto'``): images (digits, MNIST) are mapped to [0, 1] (digits / 16,
 MNIST / 255) and not standardised, so that an input perturbation eps means what it means in
@@ -173,7 +175,8 @@ def _read(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, tuple | None, float |
     return X, y, (1, X.shape[1], X.shape[2]), 255.0
 
 
-def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_npz(path: str, names: tuple[str, str] = ("X", "y")) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays ``names`` (features, labels) of an .npz file, features as float64."""
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: not an .npz file (a zip of .npy arrays, as numpy.savez writes)")
     try:
@@ -182,10 +185,11 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     except Exception as e:
         raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
     with f:
-        missing = {"X", "y"} - files
+        missing = set(names) - files
         if missing:
-            raise ValueError(f"{path}: npz file lacks array(s) {sorted(missing)}; it needs X (N, ...) and y (N,)")
-        return np.asarray(f["X"], dtype=np.float64), np.asarray(f["y"])
+            raise ValueError(f"{path}: npz file lacks array(s) {sorted(missing)}; it needs {names[0]} (N, ...) and "
+                             f"{names[1]} (N,)")
+        return np.asarray(f[names[0]], dtype=np.float64), np.asarray(f[names[1]])
 
 
 def _read_csv(path: str, label_column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -224,19 +228,26 @@ def _read_idx(path: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims)
 
 
-def _read_mnist(directory: str) -> tuple[np.ndarray, np.ndarray]:
-    def find(kind: str) -> str:
-        for name in sorted(os.listdir(directory)):
-            if name.startswith("train") and kind in name:
-                return os.path.join(directory, name)
-        raise FileNotFoundError(f"{directory}: no train-{kind}-idx file (expected e.g. train-{kind}-idx"
-                                f"{'3' if kind == 'images' else '1'}-ubyte[.gz])")
+def _read_mnist(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """The training images (N, H, W) and labels of MNIST-format data: a directory of IDX files, or
+    one .npz file with ``x_train`` and ``y_train`` (as Keras's ``mnist.npz`` holds them)."""
+    if os.path.isfile(path):
+        X, y = _read_npz(path, ("x_train", "y_train"))
+    elif os.path.isdir(path):
+        def find(kind: str) -> str:
+            for name in sorted(os.listdir(path)):
+                if name.startswith("train") and kind in name:
+                    return os.path.join(path, name)
+            raise FileNotFoundError(f"{path}: no train-{kind}-idx file (expected e.g. train-{kind}-idx"
+                                    f"{'3' if kind == 'images' else '1'}-ubyte[.gz])")
 
-    if not os.path.isdir(directory):
-        raise ValueError(f"mnist path {directory!r} must be a directory holding the IDX files")
-    X, y = _read_idx(find("images")), _read_idx(find("labels"))
+        X, y = _read_idx(find("images")), _read_idx(find("labels"))
+    else:
+        raise ValueError(f"mnist path {path!r} must be a directory holding the IDX files or an .npz file")
     if X.ndim != 3 or y.ndim != 1 or len(X) != len(y):
-        raise ValueError(f"{directory}: images {X.shape} and labels {y.shape} do not match")
+        raise ValueError(f"{path}: images {X.shape} and labels {y.shape} do not match; need (N, H, W) and (N,)")
+    if X.size and not (X.min() >= 0 and X.max() <= 255):
+        raise ValueError(f"{path}: pixel values span [{X.min()}, {X.max()}]; MNIST-format images are 0..255")
     return X.astype(np.float64), y.astype(np.int64)
 
 

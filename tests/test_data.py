@@ -70,6 +70,28 @@ def test_mnist_idx_loader(tmp_path, gz):
     np.testing.assert_array_equal(ds.y_train, labels)
 
 
+def test_mnist_npz_as_keras_ships_it(tmp_path):
+    """Keras's mnist.npz (x_train uint8 (N, H, W), y_train; also x_test, y_test, not used): the same
+    images as the IDX files give, scaled to [0, 1]; a file of the wrong shape or range is refused."""
+    rng = np.random.default_rng(2)
+    imgs = rng.integers(0, 256, size=(12, 5, 4)).astype(np.uint8)
+    labels = (np.arange(12) % 3).astype(np.uint8)
+    np.savez(tmp_path / "mnist.npz", x_train=imgs, y_train=labels, x_test=imgs[:2], y_test=labels[:2])
+    ds = data.load(data.DataSpec("mnist", path=str(tmp_path / "mnist.npz"), test_fraction=0))
+    write_idx(tmp_path / "train-images-idx3-ubyte", imgs)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    idx = data.load(data.DataSpec("mnist", path=str(tmp_path), test_fraction=0))
+    assert ds.image_shape == (1, 5, 4) and ds.sha256 == idx.sha256
+    np.testing.assert_array_equal(ds.X_train, imgs.reshape(12, -1) / 255.0)
+    np.testing.assert_array_equal(ds.y_train, labels)
+    for arrays, message in ((dict(x_train=imgs.reshape(12, -1), y_train=labels), r"need \(N, H, W\) and \(N,\)"),
+                            (dict(x_train=imgs * 2.0, y_train=labels), r"pixel values span \[0\.0, 510\.0\]"),
+                            (dict(X=imgs, y=labels), r"lacks array\(s\) \['x_train', 'y_train'\]")):
+        np.savez(tmp_path / "bad.npz", **arrays)
+        with pytest.raises(ValueError, match=message):
+            data.load(data.DataSpec("mnist", path=str(tmp_path / "bad.npz")))
+
+
 def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'irs'"):
         data.DataSpec("irs")
