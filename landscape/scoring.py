@@ -27,7 +27,13 @@ SPLITS = ("train", "test")
 
 
 def score_name(eps: float, method: str, space: str, split: str) -> str:
-    return f"sensitivity_{space}_{method}_eps{eps:g}_{split}"
+    """The /scores dataset name of a score, e.g. ``sensitivity_logits_ibp_eps0.1_test``. eps is
+    written in 6 significant digits, or exactly where those do not give it back (so two eps
+    never share a name)."""
+    e = f"{eps:g}"
+    if float(e) != eps:
+        e = repr(float(eps))
+    return f"sensitivity_{space}_{method}_eps{e}_{split}"
 
 
 def score(path: str, eps: float | Sequence[float], method: str = "ibp", space: str = "logits",
@@ -41,7 +47,7 @@ def score(path: str, eps: float | Sequence[float], method: str = "ibp", space: s
     if not eps or any(isinstance(e, bool) or not isinstance(e, numbers.Real)
                       or not (e >= 0 and np.isfinite(e)) for e in eps):
         raise ValueError(f"eps must be one or more finite numbers >= 0, got {eps}")
-    eps = [float(e) for e in eps]
+    eps = list(dict.fromkeys(float(e) for e in eps))  # each once, in the order given
     from tqdm.auto import tqdm
 
     allocator.keep_freed_memory()  # the bounds' chunks then reuse the process's pages (robustness.bounds)

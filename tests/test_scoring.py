@@ -69,3 +69,19 @@ def test_score_takes_one_eps_or_an_array(db_path):
     assert set(score(str(db_path), 0.02, progress=False)) == {"sensitivity_logits_ibp_eps0.02_test"}
     done = score(str(db_path), np.array([0.02, 0.03]), progress=False)
     assert done["sensitivity_logits_ibp_eps0.02_test"] == 0 and done["sensitivity_logits_ibp_eps0.03_test"] > 0
+
+
+def test_each_eps_gets_its_own_score_and_a_repeated_eps_is_computed_once(db_path, monkeypatch):
+    """eps 0.1000001 used to be named like 0.1 (6 significant digits) and was reported as already
+    scored, with 0.1's values; an eps given twice was computed twice."""
+    calls = []
+    log_volume = robustness.log_volume
+    monkeypatch.setattr(robustness, "log_volume", lambda *a, **k: calls.append(a[2]) or log_volume(*a, **k))
+    done = score(str(db_path), [0.1000001, 0.1, 0.1000001], method="crown", space="softmax", progress=False)
+    with Database(db_path) as db:
+        n, scores = len(db), db.scores()
+    assert done == {"sensitivity_softmax_crown_eps0.1000001_test": n, "sensitivity_softmax_crown_eps0.1_test": n}
+    assert sorted(set(calls)) == [0.1, 0.1000001] and len(calls) == 2 * -(-n // 128)
+    close, exact = (scores[f"sensitivity_softmax_crown_eps{e}_test"] for e in ("0.1000001", "0.1"))
+    assert close[1]["eps"] == 0.1000001 and exact[1]["eps"] == 0.1
+    assert np.all(close[0] > exact[0])  # the larger ball, the larger box
