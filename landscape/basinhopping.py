@@ -277,7 +277,7 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
         finally:
             bar.close()
             db.end_run(run_id, status)
-        m = db.minima()
+        m = db.minima(coords=False)
     return SampleResult(run_id, counters, len(m), float(m.energy.min()) if len(m) else math.nan, status)
 
 

@@ -206,7 +206,7 @@ def summary(db: Database, lowest: int = 10) -> dict:
     ``lowest`` minima by energy (>= 0)."""
     if not lowest >= 0:
         raise ValueError(f"lowest must be >= 0, got {lowest}")
-    m = db.minima()
+    m = db.minima(coords=False)
     order = np.argsort(m.energy)[:lowest]
     return {
         "path": db.path,

@@ -78,10 +78,11 @@ class DatabaseError(ValueError):
 
 @dataclass
 class Minima:
-    """All stored minima as arrays (N rows; see the module docstring for units)."""
+    """All stored minima as arrays (N rows; see the module docstring for units). ``coords`` is
+    None when they were left out (``Database.minima(coords=False)``)."""
 
     energy: np.ndarray
-    coords: np.ndarray
+    coords: np.ndarray | None
     grad_rms: np.ndarray
     eigenvalues: np.ndarray
     hits: np.ndarray
@@ -185,9 +186,16 @@ class Database:
         :meth:`add_minimum` can leave some datasets one row longer; that row is not a minimum)."""
         return min(ds.shape[0] for ds in self._minima.values())
 
-    def minima(self) -> Minima:
+    def minima(self, coords: bool = True) -> Minima:
+        """Every stored minimum; ``coords=False`` leaves out the coordinates, which are most of the
+        file (N x P floats: 2 GB for 100,000 digits minima)."""
         n = len(self)
-        return Minima(**{name: self._read(ds, slice(0, n)) for name, ds in self._minima.items()})
+        return Minima(**{name: self._read(ds, slice(0, n)) if coords or name != "coords" else None
+                         for name, ds in self._minima.items()})
+
+    def coords(self, rows: np.ndarray) -> np.ndarray:
+        """The coordinates (len(rows), P) of the minima ``rows`` (ascending ids)."""
+        return self._read(self._minima["coords"], np.asarray(rows, dtype=np.int64))
 
     def add_minimum(self, energy: float, coords: np.ndarray, grad_rms: float, eigenvalues: np.ndarray,
                     first_found: tuple[int, int, int]) -> int:

@@ -67,10 +67,9 @@ def score(path: str, eps: float | Sequence[float], method: str = "ibp", space: s
         labels = torch.from_numpy(y)
         domain = (0.0, 1.0) if ds.scaling == "unit" else None
         existing = db.scores()
-        coords = db.minima().coords
         for e in eps:
             name = score_name(e, method, space, split)
-            have = existing.get(name, (np.full(len(coords), np.nan), {}))[0]
+            have = existing.get(name, (np.full(len(db), np.nan), {}))[0]
             todo = np.flatnonzero(np.isnan(have))
             attrs = dict(eps=float(e), method=method, space=space, split=split, n_points=len(y),
                          domain="none" if domain is None else f"[{domain[0]}, {domain[1]}]",
@@ -81,7 +80,7 @@ def score(path: str, eps: float | Sequence[float], method: str = "ibp", space: s
             for a in tqdm(range(0, len(todo), batch), disable=not progress, desc=name, unit="batch"):
                 ids = todo[a:a + batch]
                 with torch.no_grad():
-                    s = robustness.log_volume(model.to_network(coords[ids]), x, e, method=method, space=space,
+                    s = robustness.log_volume(model.to_network(db.coords(ids)), x, e, method=method, space=space,
                                               labels=labels, domain=domain, split=split)
                 db.write_score(name, ids, s.mean.numpy(), attrs)
             done[name] = len(todo)

@@ -351,14 +351,16 @@ def test_a_truncated_or_damaged_file_is_refused_at_once(tmp_path, capsys, damage
     assert code == 2 and damage in err and bad.read_bytes() == before
 
 
-@pytest.mark.parametrize("name, writer", [
-    ("minima/coords", ["sample", "--steps", "1"]), ("minima/hits", ["sample", "--steps", "1"]),
-    ("runs/0/counters", ["sample", "--steps", "1"]),
-    ("scores/sensitivity_logits_ibp_eps0.1_test", ["score", "--eps", "0.1", "0.2"])])
-def test_damaged_data_is_refused_not_read(tmp_path, capsys, name, writer):
+SAMPLE, SCORE, INSPECT = ["sample", "--steps", "1"], ["score", "--eps", "0.1", "0.2"], ["inspect"]
+
+
+@pytest.mark.parametrize("name, readers", [
+    ("minima/coords", [SAMPLE, SCORE]), ("minima/hits", [INSPECT, SAMPLE]), ("runs/0/counters", [INSPECT, SAMPLE]),
+    ("scores/sensitivity_logits_ibp_eps0.1_test", [INSPECT, SCORE])])
+def test_damaged_data_is_refused_not_read(tmp_path, capsys, name, readers):
     """A flipped byte in a dataset's raw data (no metadata touched) fails its Fletcher-32 checksum:
-    `inspect` and the command that would write to it give one line naming the dataset and exit 2,
-    and the file is left as it was. Before, the damaged values were read as if they were sound."""
+    each command that reads the dataset gives one line naming it and exit 2, and the file is left
+    as it was. Before, the damaged values were read as if they were sound."""
     db = tmp_path / "d.h5"
     assert run(capsys, "sample", str(db), *FAST, "--test-fraction", "0.2", "--steps", "2")[0] == 0
     assert run(capsys, "score", str(db), "--eps", "0.1", "--quiet")[0] == 0
@@ -367,8 +369,8 @@ def test_damaged_data_is_refused_not_read(tmp_path, capsys, name, writer):
     data = bytearray(db.read_bytes())
     data[offset + 3] ^= 0xFF
     db.write_bytes(bytes(data))
-    for argv in (["inspect", str(db)], [writer[0], str(db), *writer[1:], "--quiet"]):
-        code, _, err = run(capsys, *argv)
+    for command, *options in readers:
+        code, _, err = run(capsys, command, str(db), *options, *(["--quiet"] if command != "inspect" else []))
         assert code == 2 and err.count("\n") == 1 and f"damaged (the checksum of data in /{name} fails)" in err
     assert db.read_bytes() == bytes(data)
 

@@ -34,6 +34,18 @@ def test_stored_minima_recompute_from_the_file_alone(sampled):
     np.testing.assert_allclose(eig[:3], m.eigenvalues[0], rtol=1e-6, atol=1e-10)
 
 
+def test_minima_without_coords_and_coords_of_some_rows(sampled):
+    """`inspect` and the end of a run read the minima without their coordinates (most of a
+    file: 2 GB for 100,000 digits minima); `score` reads the coordinates of the rows it scores."""
+    with Database(sampled[0]) as db:
+        m, light = db.minima(), db.minima(coords=False)
+        rows = np.array([0, len(m) - 1])
+        np.testing.assert_array_equal(db.coords(rows), m.coords[rows])
+    assert light.coords is None and len(light) == len(m)
+    for name in ("energy", "grad_rms", "eigenvalues", "hits", "first_found"):
+        np.testing.assert_array_equal(getattr(light, name), getattr(m, name))
+
+
 def test_no_two_stored_minima_are_the_same(sampled, problem):
     path, _ = sampled
     with Database(path) as db:
