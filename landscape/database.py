@@ -194,8 +194,14 @@ class Database:
                          for name, ds in self._minima.items()})
 
     def coords(self, rows: np.ndarray) -> np.ndarray:
-        """The coordinates (len(rows), P) of the minima ``rows`` (ascending ids)."""
-        return self._read(self._minima["coords"], np.asarray(rows, dtype=np.int64))
+        """The coordinates (len(rows), P) of the minima ``rows`` (ids in any order, repeats allowed)."""
+        rows, n = np.asarray(rows), len(self)
+        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+            raise ValueError(f"rows must be a 1-D array of minimum ids, got {rows!r}")
+        if rows.size and not (rows.min() >= 0 and rows.max() < n):
+            raise ValueError(f"minimum ids must be in [0, {n}), got {rows.min()}..{rows.max()}")
+        unique, inverse = np.unique(rows.astype(np.int64), return_inverse=True)  # h5py reads ascending rows
+        return self._read(self._minima["coords"], unique)[inverse]
 
     def add_minimum(self, energy: float, coords: np.ndarray, grad_rms: float, eigenvalues: np.ndarray,
                     first_found: tuple[int, int, int]) -> int:

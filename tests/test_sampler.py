@@ -39,8 +39,11 @@ def test_minima_without_coords_and_coords_of_some_rows(sampled):
     file: 2 GB for 100,000 digits minima); `score` reads the coordinates of the rows it scores."""
     with Database(sampled[0]) as db:
         m, light = db.minima(), db.minima(coords=False)
-        rows = np.array([0, len(m) - 1])
-        np.testing.assert_array_equal(db.coords(rows), m.coords[rows])
+        for rows in ([0, len(m) - 1], [len(m) - 1, 0, 0], []):
+            np.testing.assert_array_equal(db.coords(rows), m.coords[rows])
+        for rows in ([0.5], [len(m)], [-1], [[0]]):
+            with pytest.raises(ValueError, match="rows must be|ids must be in"):
+                db.coords(rows)
     assert light.coords is None and len(light) == len(m)
     for name in ("energy", "grad_rms", "eigenvalues", "hits", "first_found"):
         np.testing.assert_array_equal(getattr(light, name), getattr(m, name))
