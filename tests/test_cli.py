@@ -406,6 +406,7 @@ def test_a_reader_of_a_live_file_reads_a_chunk_again_before_calling_it_damaged(t
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
 
+
 def test_a_killed_runs_damaged_file_is_refused_at_once(tmp_path, capsys):
     """A file left marked open for writing by a run that no longer runs, with zeroed metadata: read
     as SWMR with HDF5's default of 100 attempts per damaged read, `inspect` hung for over an hour;
