@@ -247,7 +247,8 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"{s['n_minima']} minima, found {s['total_hits']} times ({s['found_once']} once, {s['found_twice']} twice; "
           f"Chao1 estimate of all minima: {s['chao1_minima']:.1f})")
     if s["lowest"]:
-        print(f"{'id':>6} {'energy':>18} {'grad_rms':>10} {'hits':>6} {'lowest eig':>11}  first found (run, walker, step)")
+        print(f"{'id':>6} {'energy':>18} {'grad_rms':>10} {'hits':>6} {'lowest eig':>11}  "
+              "first found (run, walker, step)")
         for r in s["lowest"]:
             eig = "-" if r["lowest_eigenvalue"] is None else f"{r['lowest_eigenvalue']:.3e}"
             print(f"{r['id']:>6} {r['energy']:>18.12f} {r['grad_rms']:>10.2e} {r['hits']:>6} {eig:>11}  "

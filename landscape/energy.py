@@ -121,4 +121,3 @@ class Energy:
             b = min(P, a + chunk)
             H[a:b] = self.hvp(np.repeat(w, b - a, axis=0), eye[a:b])
         return 0.5 * (H + H.T)
-

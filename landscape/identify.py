@@ -270,8 +270,8 @@ class MinimaIndex:
     Ids are the caller's labels of the minima: non-negative integers (database rows). ``threads``:
     for the compiled bounds (verdicts do not depend on it)."""
 
-    def __init__(self, groups: list[UnitGroup], fallback_curvature: float, energy_gradient: EnergyGradient | None = None,
-                 threads: int = 1):
+    def __init__(self, groups: list[UnitGroup], fallback_curvature: float,
+                 energy_gradient: EnergyGradient | None = None, threads: int = 1):
         self.groups, self.fallback, self.energy_gradient = groups, fallback_curvature, energy_gradient
         self.threads = threads
         self._energies: list[float] = []
@@ -484,7 +484,8 @@ class MinimaIndex:
         Hd = (gp[test] - G) * (norms[test] / NEWTON_STEP)[:, None]
         floor = 1e-12 * np.sqrt(p.x.size)
         g_q = np.array([q.gnorm for q in qs])[test]
+        unknown_bound = NEWTON_KAPPA * p.gnorm + (1 + NEWTON_KAPPA) * g_q + floor
         ok[test] = np.where(known[test],
                             np.linalg.norm(Hd - change[test], axis=1) <= NEWTON_KAPPA * change_norm[test] + floor,
-                            np.linalg.norm(Hd - gp[test], axis=1) <= NEWTON_KAPPA * p.gnorm + (1 + NEWTON_KAPPA) * g_q + floor)
+                            np.linalg.norm(Hd - gp[test], axis=1) <= unknown_bound)
         return ok

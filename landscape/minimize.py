@@ -264,8 +264,8 @@ class LBFGS:
         conv = (rms <= self.tolv[slots]) & np.isfinite(E)
         status = np.where(conv, CONVERGED, np.where(~np.isfinite(E), NONFINITE,
                                                     np.where(self.fails[slots] >= 2, STUCK, MAXITER)))
-        res = MinimizeResult(self.x[slots].copy(), self.g[slots].copy(), E.copy(), rms, conv, status, self.nit[slots].copy(),
-                             self.nfev[slots].copy(), self.tag[slots].copy())
+        res = MinimizeResult(self.x[slots].copy(), self.g[slots].copy(), E.copy(), rms, conv, status,
+                             self.nit[slots].copy(), self.nfev[slots].copy(), self.tag[slots].copy())
         self.active[slots] = False
         return res
 

@@ -93,8 +93,9 @@ def log_volume(net: Network, x: Tensor, eps: float, *, method: str = "ibp", spac
             ref = as_labels(labels, x.shape[1], n_out)
     # in chunks of points, so that the (K, N, rows) boxes and their temporaries stay small
     step = points_per_chunk(net, method, {"logits": n_out, "logit_diff": n_out - 1, "softmax": n_out * n_out}[space])
-    values = torch.cat([_values(net, x[:, a:a + step], eps, method, space, None if ref is None else ref[..., a:a + step],
-                                domain, floor) for a in range(0, x.shape[1], step)], dim=1)
+    values = torch.cat([_values(net, x[:, a:a + step], eps, method, space,
+                                None if ref is None else ref[..., a:a + step], domain, floor)
+                        for a in range(0, x.shape[1], step)], dim=1)
     return Sensitivity(values, values.mean(-1), eps, method, space, split, domain)
 
 
