@@ -331,7 +331,7 @@ class Database:
             except OSError as e:
                 if "filter returned failure" not in str(e):
                     raise
-        raise DatabaseError(f"{self.path}: damaged (the checksum of data in {ds.name} fails); restore it from a backup")
+        raise _damaged(self.path, f"the checksum of data in {ds.name} fails")
 
     def flush(self) -> None:
         self.f.flush()
@@ -443,9 +443,9 @@ def _writer(path: str) -> dict:
     raise _damaged(path, error)
 
 
-def _damaged(path: str, error: Exception) -> DatabaseError:
-    """The one-line error for a file HDF5 cannot read (``error``: what HDF5 raised)."""
-    return DatabaseError(f"{path}: damaged ({str(error).splitlines()[0]}); restore it from a backup")
+def _damaged(path: str, reason: Exception | str) -> DatabaseError:
+    """The one-line error for a damaged file (``reason``: what HDF5 raised, or what fails)."""
+    return DatabaseError(f"{path}: damaged ({str(reason).splitlines()[0]}); restore it from a backup")
 
 
 # HDF5 retries a metadata read whose checksum fails (a writer may be mid-write) with a delay that
