@@ -90,7 +90,9 @@ class Dataset:
     ``image_shape`` = (C, H, W)); ``y_*`` are int64 class indices of shape (N,).
 
     ``shift`` and ``scale`` (D,) are the preprocessing: model input = (raw - shift) / scale.
-    ``sha256`` hashes the raw arrays used (before scaling and splitting).
+    ``sha256`` hashes the raw arrays used (before scaling and splitting). ``classes`` are the
+    source's labels of classes 0..C-1 (as text); ``train_index`` and ``test_index`` the rows of
+    the source (after ``limit``) in each split, ascending.
     """
 
     spec: DataSpec
@@ -104,6 +106,9 @@ class Dataset:
     scale: np.ndarray
     sha256: str
     scaling: str = field(default="none")
+    classes: tuple[str, ...] = ()
+    train_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    test_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def n_features(self) -> int:
@@ -120,6 +125,7 @@ class Dataset:
             "n_features": int(self.n_features),
             "n_classes": int(self.n_classes),
             "image_shape": list(self.image_shape) if self.image_shape else None,
+            "classes": list(self.classes),
         }
 
 
@@ -151,7 +157,8 @@ def load(spec: DataSpec | str = "iris", **kwargs) -> Dataset:
         shift, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
     Xs = (X - shift) / scale
     return Dataset(spec, np.ascontiguousarray(Xs[idx_train]), y[idx_train], np.ascontiguousarray(Xs[idx_test]),
-                   y[idx_test], len(classes), image_shape, shift, scale, sha, scaling)
+                   y[idx_test], len(classes), image_shape, shift, scale, sha, scaling,
+                   tuple(str(c) for c in classes), idx_train.astype(np.int64), idx_test.astype(np.int64))
 
 
 def _read(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, tuple | None, float | None]:
