@@ -1,5 +1,6 @@
 """The loss of a network as a potential energy over its weights, batched over walkers.
 
+E(w) is the sum of the loss terms (:mod:`landscape.loss`); by default
 E(w) = mean over the N training samples of the softmax cross-entropy of the logits
        + lam * ||w||^2 over all parameters (biases included),
 the convention of the GMIN/OPTIM MLP potential. Arrays in and out are NumPy float64:
@@ -10,13 +11,14 @@ output bias) leaves the cross-entropy unchanged, so with lam = 0 no minimum is i
 """
 from __future__ import annotations
 
-import math
+import numbers
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from . import kernel
+from . import loss as loss_mod
 from .models import MLP, Model
 
 BACKENDS = ("auto", "autograd", "kernel")
@@ -29,15 +31,20 @@ class Energy:
     (torch autograd on the batched forward pass; any model), or 'auto' (the kernel for an MLP
     where it builds, else autograd). ``threads`` is the kernel's thread count (default 1).
     ``nfev`` counts single-network energy+gradient evaluations (a call on K walkers adds K).
+
+    ``loss``: the terms (:mod:`landscape.loss`); a number lam is shorthand for
+    ``(CrossEntropy(), L2(lam))``, and so is the keyword ``lam=`` (default: lam 1e-4). The kernel
+    evaluates exactly cross-entropy + L2; a loss with a sensitivity term uses autograd.
+    ``domain`` (lower, upper): the input domain a sensitivity ball is clipped to, e.g. (0, 1) for
+    pixels (default None: not clipped).
     """
 
-    def __init__(self, model: Model, X: np.ndarray, y: np.ndarray, lam: float = 1e-4,
-                 backend: str = "auto", threads: int = 1):
+    def __init__(self, model: Model, X: np.ndarray, y: np.ndarray,
+                 loss: float | Sequence[loss_mod.Term] | None = None, backend: str = "auto", threads: int = 1,
+                 domain: loss_mod.Domain = None, *, lam: float | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown energy backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
-            raise ValueError(f"lam must be a finite number > 0 (got {lam!r}): with lam = 0 adding one vector to "
-                             "every class's output weights leaves the loss unchanged, so no minimum is isolated")
+        terms = _terms(loss, lam)
         X = np.ascontiguousarray(X, dtype=np.float64)
         y = np.asarray(y)
         if X.ndim != 2 or X.shape[1] != model.n_inputs:
@@ -49,14 +56,19 @@ class Energy:
         if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= model.n_classes):
             raise ValueError(f"y must hold integer class indices in [0, {model.n_classes}); got {y.dtype} "
                              f"in [{y.min()}, {y.max()}]")
-        self.model, self.lam, self.n_params = model, float(lam), model.n_params
+        self.model, self.loss, self.n_params = model, terms, model.n_params
+        self.lam = loss_mod.lam_of(terms)
         self.X, self.y = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+        self._data = loss_mod.LossData(model, self.X, self.y, domain)
         self.nfev = 0
         self._kernel = None
-        if backend != "autograd" and isinstance(model, MLP) and kernel.available():
-            self._kernel = kernel.MLPKernel(model.widths, model.activation, model.bias, X, y, lam, threads=threads)
+        plain = loss_mod.is_plain(terms)
+        if backend != "autograd" and plain and isinstance(model, MLP) and kernel.available():
+            self._kernel = kernel.MLPKernel(model.widths, model.activation, model.bias, X, y, self.lam,
+                                            threads=threads)
         elif backend == "kernel":
-            reason = "the kernel covers MLPs only" if not isinstance(model, MLP) else kernel.unavailable_reason()
+            reason = ("it evaluates cross-entropy + L2 only: use backend 'autograd' for this loss" if not plain
+                      else "the kernel covers MLPs only" if not isinstance(model, MLP) else kernel.unavailable_reason())
             raise ValueError(f"energy backend 'kernel' is not available: {reason}")
         self.backend = "kernel" if self._kernel is not None else "autograd"
 
@@ -70,10 +82,7 @@ class Energy:
 
     def energy_t(self, w: torch.Tensor) -> torch.Tensor:
         """Differentiable energies (K,) of a torch batch ``w`` (K, P)."""
-        logits = self.model.forward(w, self.X)
-        K, N, C = logits.shape
-        ce = F.cross_entropy(logits.reshape(K * N, C), self.y.repeat(K), reduction="none").reshape(K, N)
-        return ce.mean(1) + self.lam * (w * w).sum(1)
+        return loss_mod.evaluate(self.loss, w, self._data)
 
     def __call__(self, w: np.ndarray) -> np.ndarray:
         """Energies (K,)."""
@@ -121,3 +130,12 @@ class Energy:
             b = min(P, a + chunk)
             H[a:b] = self.hvp(np.repeat(w, b - a, axis=0), eye[a:b])
         return 0.5 * (H + H.T)
+
+
+def _terms(loss: float | Sequence[loss_mod.Term] | None, lam: float | None) -> tuple[loss_mod.Term, ...]:
+    """The checked terms of ``loss``, or of ``lam`` (a number: lam of the default loss)."""
+    given = [v for v in (loss, lam) if v is not None]
+    if len(given) > 1:
+        raise ValueError("give the loss or lam, not both (a number loss is lam)")
+    loss = given[0] if given else 1e-4
+    return loss_mod.default_loss(loss) if isinstance(loss, numbers.Real) else loss_mod.check(loss)
