@@ -1,22 +1,44 @@
 """The HDF5 database of a landscape (h5py): the only module that reads or writes the file.
 
-Layout (schema version 1; every group and dataset carries a ``description`` attribute)::
+Layout (schema version 2; every group and dataset carries a ``description`` attribute). Every
+table exists from the file's creation, empty until a command fills it, so a command writing in
+SWMR mode (which can create nothing) can write any of them::
 
-    /                      attrs: format, schema_version, created_by, created, writer (JSON: host,
-                           boot id, pid and start time of the last sampling run's process)
-    /problem               attrs: problem (JSON: data spec, model spec, lam, data hash), layout
-                           (JSON: flat-parameter blocks), dataset (JSON: what was loaded), energy
-    /minima/energy         (N,)   float64  E at the stored coordinates
-    /minima/coords         (N, P) float64  flat parameter vectors (layout in /problem)
-    /minima/grad_rms       (N,)   float64  ||grad E|| / sqrt(P) at coords
-    /minima/eigenvalues    (N, k) float64  lowest Hessian eigenvalues, ascending
-    /minima/hits           (N,)   int64    how often a quench found this minimum
-    /minima/first_found    (N, 3) int64    (run, walker, step) of the first find
-    /scores/<name>         (N,)   float64  one score per minimum (NaN: not computed); attrs say what
-    /runs/<id>             attrs: command, seed, parameters (JSON), software (the landscape version
-                           that ran it), started, ended, status
-    /runs/<id>/counters    (C,)   float64  names in attr 'names'
+    /                      attrs: format, schema_version, created_by, created, upgrades (JSON: each
+                           upgrade of an older file: from, to, software, at), writer (JSON: host,
+                           boot id, pid and start time of the process writing the file)
+    /problem               attrs: problem (JSON: data spec, model spec, loss terms, data hash), layout
+                           (JSON: flat-parameter blocks), dataset (JSON: what was loaded, class labels)
+    /problem/shift, scale  (D,)    float64  preprocessing: model input = (raw - shift) / scale
+    /problem/train_index   (n,)    int64    rows of the source data (after 'limit') in each split
+    /problem/test_index
+    /minima/energy         (N,)    float64  E at the stored coordinates (the loss in /problem, nats)
+    /minima/coords         (N, P)  float64  flat parameter vectors (layout in /problem)
+    /minima/grad_rms       (N,)    float64  ||grad E|| / sqrt(P) at coords
+    /minima/eigenvalues    (N, k)  float64  lowest Hessian eigenvalues, ascending
+    /minima/hits           (N,)    int64    how often a quench found this minimum
+    /minima/first_found    (N, 3)  int64    (run, walker, step) of the first find
+    /minima/version        (N,)    int64    coordinate version: 0 when stored, +1 each time refined
+    /transition_states/*   (M, ..)          energy, coords, minima (M, 2) the two minima it joins,
+                                            eigenvalue (its negative one), grad_rms, found (run, a, b)
+    /scores/kinds          (S,)    compound what each score is: quantity, eps, eps_unit, method,
+                                            space, split, aggregation, n_points, options (JSON)
+    /scores/table, row, kind, version, value, run  (R,)  a long table, one row per computed value:
+                                            of row `row` of table `table` (0: minima), score kind
+                                            `kind`, computed from coordinate version `version`
+    /networks/*            (T, ..)          trained networks: coords, objective (JSON), seed, run
+    /runs/<id>             attrs: kind (sample, score, connect, ...), command, seed, parameters
+                           (JSON), software, started, ended, status
+    /runs/<id>/counters    (C,)    float64  names in attr 'names'
     /runs/<id>/walkers/*   walker state that --resume continues from
+
+A minimum keeps its id (row) forever. Refining it in place (:meth:`Database.update_minimum`)
+raises its coordinate version; a score computed from an older version is stale: readers see
+NaN for it and the next ``score`` recomputes it.
+
+Version policy: files of schema 1 are read as they are and upgraded when first opened for
+writing (on a copy that replaces the file only when complete; the upgrade is recorded in the
+root attribute ``upgrades``); a file of a newer schema is refused.
 
 Every dataset is chunked and carries a Fletcher-32 checksum per chunk (HDF5's own filter, which
 any HDF5 reader applies): data damaged on disk or in a copy is refused, not read as if sound.
@@ -25,7 +47,8 @@ Metadata has HDF5's checksums.
 Sampling runs write in HDF5's single-writer/multiple-reader mode (SWMR), whose ordered
 writes keep the file readable at every moment, and flush after every batch of reported
 minima: a killed run leaves a file holding everything it had reported. Commands that only
-read open the file read-only.
+read open the file read-only; a reader of a file being written sees the rows added since it
+opened the file.
 
 One writer at a time. HDF5 locks a file while it is open for writing, but lifts the lock once
 SWMR writing starts, so a second writer would find the file marked "open for writing" and
@@ -40,9 +63,12 @@ damaged file is refused in seconds, not after an hour of retries.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import json
+import math
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -51,29 +77,102 @@ import h5py
 import numpy as np
 
 from . import __version__
+from .data import eps_unit
 from .problem import Problem
 
 FORMAT = "landscape"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 N_EIGENVALUES = 3
 COUNTERS = ("steps", "quenches", "converged", "accepted", "new_minima", "saddles", "refinements", "nfev",
             "cpu_seconds", "wall_seconds")
 # how a run ended (its 'status' attribute), or that it has not: RUNNING, or KILLED if its process is gone
 COMPLETED, TIME_UP, INTERRUPTED, FAILED = "completed", "time budget reached", "interrupted by user", "failed"
 RUNNING, KILLED = "running", "killed (never ended)"
+TABLES = ("minima", "transition_states", "networks")  # what a score row's 'table' column counts
 
 _MINIMA = {  # name: (dtype, trailing shape or 'P', description)
-    "energy": ("f8", (), "energy E(w): mean cross-entropy over the training split + lam*||w||^2 (nats)"),
+    "energy": ("f8", (), "energy E(w) of the loss in /problem (nats)"),
     "coords": ("f8", "P", "flat parameter vector w of the minimum (layout: /problem attribute 'layout')"),
     "grad_rms": ("f8", (), "RMS gradient ||grad E||/sqrt(P) at coords (nats per parameter unit)"),
     "eigenvalues": ("f8", (N_EIGENVALUES,), "lowest Hessian eigenvalues at coords, ascending (NaN: not computed)"),
     "hits": ("i8", (), "number of quenches that ended in this minimum"),
     "first_found": ("i8", (3,), "(run, walker, step) of the quench that first found this minimum"),
+    "version": ("i8", (), "coordinate version: 0 when stored, +1 each time coords were replaced by a refined copy"),
+}
+_TRANSITION_STATES = {
+    "energy": ("f8", (), "energy E(w) at the saddle (nats)"),
+    "coords": ("f8", "P", "flat parameter vector of the index-1 saddle"),
+    "minima": ("i8", (2,), "ids (rows of /minima) of the two minima this saddle joins"),
+    "eigenvalue": ("f8", (), "its one negative Hessian eigenvalue"),
+    "grad_rms": ("f8", (), "RMS gradient at coords"),
+    "found": ("i8", (3,), "(run, a, b): the run, and the pair of minima whose search found it"),
+}
+_NETWORKS = {
+    "coords": ("f8", "P", "flat parameter vector of a trained network (layout as /minima/coords)"),
+    "objective": ("S1024", (), "JSON: the objective it was trained with"),
+    "seed": ("i8", (), "seed of its training"),
+    "run": ("i8", (), "the run that trained it"),
+}
+_SCORE_ROWS = {
+    "table": ("i8", (), "what is scored: 0 a minimum, 1 a transition state, 2 a network (TABLES)"),
+    "row": ("i8", (), "its row (id) in that table"),
+    "kind": ("i8", (), "row of /scores/kinds: what the value is"),
+    "version": ("i8", (), "coordinate version of the scored row when computed (stale once it is refined)"),
+    "value": ("f8", (), "the value (units: see the kind)"),
+    "run": ("i8", (), "the run that computed it"),
+}
+_KIND_DTYPE = np.dtype([("quantity", "S32"), ("eps", "f8"), ("eps_unit", "S32"), ("method", "S16"),
+                        ("space", "S16"), ("split", "S8"), ("aggregation", "S16"), ("n_points", "i8"),
+                        ("options", "S256")])
+_GROUPS = {  # group: (datasets, description)
+    "minima": (_MINIMA, "distinct minima, one row per minimum, in order of discovery; a row is its id forever"),
+    "transition_states": (_TRANSITION_STATES, "index-1 saddles joining pairs of minima, one row each"),
+    "networks": (_NETWORKS, "networks trained with an objective (not minima of the landscape)"),
+    "scores": (_SCORE_ROWS, "per-row quantities as a long table; join 'kind' with /scores/kinds"),
 }
 
 
 class DatabaseError(ValueError):
     """A database that cannot be used as asked (wrong file, other problem, corrupt)."""
+
+
+@dataclass(frozen=True)
+class ScoreKind:
+    """What a score is, as plain data (a row of /scores/kinds). ``eps``: radius of the l-inf ball
+    (NaN where none applies) in ``eps_unit``; ``aggregation`` over data points (e.g. 'mean_log':
+    mean of per-point log-volumes); ``options``: JSON of anything else. ``n_points`` is recorded,
+    not part of what the score is."""
+
+    quantity: str
+    eps: float = math.nan
+    eps_unit: str = ""
+    method: str = ""
+    space: str = ""
+    split: str = ""
+    aggregation: str = ""
+    n_points: int = 0
+    options: str = "{}"
+
+    def key(self) -> tuple:
+        """What identifies the kind: every field but n_points (NaN eps compares equal)."""
+        return tuple("nan" if k == "eps" and math.isnan(v) else v
+                     for k, v in dataclasses.asdict(self).items() if k != "n_points")
+
+    def label(self) -> str:
+        """A readable name, e.g. ``sensitivity_logits_ibp_eps0.1_test``; for display, never parsed."""
+        parts = [self.quantity, self.space, self.method, "" if math.isnan(self.eps) else f"eps{_eps_text(self.eps)}",
+                 self.split, "" if self.aggregation in ("", "mean_log") else self.aggregation]
+        return "_".join(p for p in parts if p)
+
+    def sort_key(self) -> tuple:
+        return (self.quantity, self.method, self.space, self.split, self.aggregation,
+                -math.inf if math.isnan(self.eps) else self.eps)
+
+
+def _eps_text(eps: float) -> str:
+    """eps in 6 significant digits, or exactly where those do not give it back."""
+    e = f"{eps:g}"
+    return e if float(e) == eps else repr(float(eps))
 
 
 @dataclass
@@ -87,6 +186,22 @@ class Minima:
     eigenvalues: np.ndarray
     hits: np.ndarray
     first_found: np.ndarray
+    version: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.energy)
+
+
+@dataclass
+class TransitionStates:
+    """All stored transition states as arrays (M rows; see the module docstring)."""
+
+    energy: np.ndarray
+    coords: np.ndarray | None
+    minima: np.ndarray
+    eigenvalue: np.ndarray
+    grad_rms: np.ndarray
+    found: np.ndarray
 
     def __len__(self) -> int:
         return len(self.energy)
@@ -95,12 +210,14 @@ class Minima:
 class Database:
     """An open landscape database. ``Database(path)`` opens read-only; ``Database(path, problem=p,
     mode='a')`` creates the file for ``p`` or opens it for appending, refusing a file made for a
-    different problem. Use as a context manager."""
+    different problem (an older schema is upgraded first). ``data_path`` points to the problem's
+    data where it has moved (its content hash is still checked). Use as a context manager."""
 
-    def __init__(self, path: str | os.PathLike, problem: Problem | None = None, mode: str = "r"):
+    def __init__(self, path: str | os.PathLike, problem: Problem | None = None, mode: str = "r",
+                 data_path: str | None = None):
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
-        self.path = os.fspath(path)
+        self.path, self.data_path = os.fspath(path), data_path
         exists = os.path.exists(self.path)
         if not exists and (mode == "r" or problem is None):
             raise DatabaseError(f"{self.path}: no such database")
@@ -110,15 +227,17 @@ class Database:
         if exists and not h5py.is_hdf5(self.path):
             raise DatabaseError(f"{self.path}: not an HDF5 file; give a new path or a landscape database")
         if exists and mode == "a":  # validate read-only first, so a refused file is left untouched
-            Database(self.path, problem, "r").close()
+            with Database(self.path, problem, "r", data_path) as old:
+                if old.schema < SCHEMA_VERSION:
+                    _upgrade(self.path, problem or old.problem)
         self.f = _open(self.path, mode)
-        self._ds: dict[str, h5py.Dataset] | None = None  # /minima datasets of the open file
+        self._ds: dict[str, dict[str, h5py.Dataset]] = {}  # datasets of the open file, by group
         self.writable = mode == "a"
         creating = False
         try:
             if exists and (len(self.f.keys()) > 0 or mode == "r"):
                 self._check_format()
-                if problem is not None and problem.to_dict() != self.problem.to_dict():
+                if problem is not None and not _same_problem(self.problem, problem):
                     raise DatabaseError(f"{self.path} holds a different problem ({_diff(self.problem, problem)}); "
                                         "use a new database file for this one")
             elif problem is None:
@@ -140,182 +259,316 @@ class Database:
     def _create(self, problem: Problem) -> None:
         f = self.f
         f.attrs.update(format=FORMAT, schema_version=SCHEMA_VERSION, created_by=f"landscape {__version__}",
-                       created=_now(), description="minima of a neural-network loss landscape; see /problem")
-        pg = f.create_group("problem")
-        pg.attrs.update(
-            problem=problem.to_json(),
-            layout=json.dumps([{"name": b.name, "shape": list(b.shape), "offset": b.offset}
-                               for b in problem.model.blocks()]),
-            dataset=json.dumps(problem.dataset().describe()),
-            n_params=problem.model.n_params, lam=problem.lam, dtype=problem.dtype,
-            energy="E(w) = mean softmax cross-entropy over the training split + lam * sum(w**2), float64",
-            description="how to rebuild the network and the energy: landscape.Problem.from_json(attrs['problem'])")
-        mg = f.create_group("minima")
-        mg.attrs["description"] = "distinct minima, one row per minimum, in order of discovery"
-        P = problem.model.n_params
-        for name, (dt, shape, desc) in _MINIMA.items():
-            shape = (P,) if shape == "P" else shape
-            ds = mg.create_dataset(name, (0, *shape), maxshape=(None, *shape), dtype=dt, fletcher32=True,
-                                   chunks=(max(1, min(256, 65536 // (8 * max(1, int(np.prod(shape)))))), *shape))
-            ds.attrs["description"] = desc
-        f.create_group("runs").attrs["description"] = "one group per sampling run, named by its number"
+                       created=_now(), upgrades="[]",
+                       description="minima of a neural-network loss landscape; see /problem")
+        _write_problem(f.create_group("problem"), problem, problem.dataset())
+        _create_tables(f, problem.model.n_params)
+        f.create_group("runs").attrs["description"] = "one group per run of a command, named by its number"
         f.flush()
 
     def _check_format(self) -> None:
         a = self.f.attrs
         if a.get("format") != FORMAT or "problem" not in self.f:
             raise DatabaseError(f"{self.path}: an HDF5 file, but not a landscape database")
-        if int(a.get("schema_version", -1)) != SCHEMA_VERSION:
-            raise DatabaseError(f"{self.path}: schema version {a.get('schema_version')} (this landscape reads "
-                                f"{SCHEMA_VERSION})")
+        version = int(a.get("schema_version", -1))
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(f"{self.path}: schema version {version} is newer than this landscape "
+                                f"{__version__} reads (up to {SCHEMA_VERSION}); upgrade landscape")
+        if version < 1:
+            raise DatabaseError(f"{self.path}: schema version {a.get('schema_version')} is not one landscape wrote")
+
+    @property
+    def schema(self) -> int:
+        """The file's schema version (1 is read as it is and upgraded when opened for writing)."""
+        return int(self.f.attrs["schema_version"])
 
     @property
     def problem(self) -> Problem:
-        return Problem.from_json(self.f["problem"].attrs["problem"])
+        """The problem the minima belong to (its data at ``data_path`` where one was given)."""
+        p = Problem.from_json(self.f["problem"].attrs["problem"])
+        return p if self.data_path is None else dataclasses.replace(
+            p, data=dataclasses.replace(p.data, path=os.fspath(self.data_path)))
 
-    # -- minima --------------------------------------------------------------------------------
-    @property
-    def _minima(self) -> dict[str, h5py.Dataset]:
-        """The /minima datasets, looked up once per open file (a lookup costs more than a row write)."""
-        if self._ds is None:
-            self._ds = {name: self.f["minima"][name] for name in _MINIMA}
-        return self._ds
+    def preprocessing(self) -> tuple[np.ndarray, np.ndarray]:
+        """(shift, scale), each (D,): a raw input x enters the network as (x - shift) / scale."""
+        g = self.f["problem"]
+        if "shift" in g:
+            return self._read(g["shift"]), self._read(g["scale"])
+        ds = self.problem.dataset()  # schema 1 did not store it
+        return ds.shift, ds.scale
 
-    def __len__(self) -> int:
-        """Stored minima: rows present in every /minima dataset (a writer killed inside
-        :meth:`add_minimum` can leave some datasets one row longer; that row is not a minimum)."""
-        return min(ds.shape[0] for ds in self._minima.values())
+    def _table(self, group: str) -> dict[str, h5py.Dataset]:
+        """The datasets of ``group``, looked up once per open file (a lookup costs more than a row
+        write); empty for a table the file's schema lacks."""
+        if group not in self._ds:
+            g = self.f.get(group)
+            names = _GROUPS[group][0]
+            self._ds[group] = {} if g is None else {n: g[n] for n in names if n in g}
+        tables = self._ds[group]
+        if self.f.swmr_mode and not self.writable:  # a reader of a file being written: see its new rows
+            for ds in tables.values():
+                ds.refresh()
+        return tables
 
-    def minima(self, coords: bool = True) -> Minima:
-        """Every stored minimum; ``coords=False`` leaves out the coordinates, which are most of the
-        file (N x P floats: 2 GB for 100,000 digits minima)."""
-        n = len(self)
-        return Minima(**{name: self._read(ds, slice(0, n)) if coords or name != "coords" else None
-                         for name, ds in self._minima.items()})
+    @staticmethod
+    def _rows(tables: dict[str, h5py.Dataset]) -> int:
+        """Rows present in every dataset of a table (a writer killed inside an append can leave
+        some datasets one row longer; that row does not count)."""
+        return min((ds.shape[0] for ds in tables.values()), default=0)
 
-    def coords(self, rows: np.ndarray) -> np.ndarray:
-        """The coordinates (len(rows), P) of the minima ``rows`` (ids in any order, repeats allowed)."""
-        rows, n = np.asarray(rows), len(self)
-        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
-            raise ValueError(f"rows must be a 1-D array of minimum ids, got {rows!r}")
-        if rows.size and not (rows.min() >= 0 and rows.max() < n):
-            raise ValueError(f"minimum ids must be in [0, {n}), got {rows.min()}..{rows.max()}")
-        unique, inverse = np.unique(rows.astype(np.int64), return_inverse=True)  # h5py reads ascending rows
-        return self._read(self._minima["coords"], unique)[inverse]
-
-    def add_minimum(self, energy: float, coords: np.ndarray, grad_rms: float, eigenvalues: np.ndarray,
-                    first_found: tuple[int, int, int]) -> int:
-        """Append a new minimum (hits = 1); returns its id (row)."""
-        g, n = self._minima, len(self)
-        row = dict(energy=energy, coords=coords, grad_rms=grad_rms, eigenvalues=_pad(eigenvalues), hits=1,
-                   first_found=first_found)
+    def _append(self, group: str, row: dict) -> int:
+        tables = self._table(group)
+        n = self._rows(tables)
         for name, value in row.items():  # a torn row left by a killed writer is overwritten
-            ds = g[name]
+            ds = tables[name]
             ds.resize(n + 1, axis=0)
             ds[n] = value
         return n
 
+    # -- minima --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Stored minima."""
+        return self._rows(self._table("minima"))
+
+    def minima(self, coords: bool = True) -> Minima:
+        """Every stored minimum; ``coords=False`` leaves out the coordinates, which are most of the
+        file (N x P floats: 2 GB for 100,000 digits minima)."""
+        tables = self._table("minima")
+        n = self._rows(tables)
+        out = {name: self._read(ds, slice(0, n)) if coords or name != "coords" else None
+               for name, ds in tables.items()}
+        out.setdefault("version", np.zeros(n, np.int64))  # schema 1: never refined in place
+        return Minima(**out)
+
+    def coords(self, rows: np.ndarray) -> np.ndarray:
+        """The coordinates (len(rows), P) of the minima ``rows`` (ids in any order, repeats allowed)."""
+        return self._rows_of("minima", "coords", rows)
+
+    def _rows_of(self, group: str, name: str, rows: np.ndarray) -> np.ndarray:
+        tables = self._table(group)
+        rows, n = np.asarray(rows), self._rows(tables)
+        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+            raise ValueError(f"rows must be a 1-D array of ids, got {rows!r}")
+        if rows.size and not (rows.min() >= 0 and rows.max() < n):
+            raise ValueError(f"ids must be in [0, {n}), got {rows.min()}..{rows.max()}")
+        unique, inverse = np.unique(rows.astype(np.int64), return_inverse=True)  # h5py reads ascending rows
+        return self._read(tables[name], unique)[inverse]
+
+    def add_minimum(self, energy: float, coords: np.ndarray, grad_rms: float, eigenvalues: np.ndarray,
+                    first_found: tuple[int, int, int]) -> int:
+        """Append a new minimum (hits = 1, version 0); returns its id."""
+        return self._append("minima", dict(energy=energy, coords=coords, grad_rms=grad_rms,
+                                           eigenvalues=_pad(eigenvalues), hits=1, first_found=first_found,
+                                           version=0))
+
     def update_minimum(self, id_: int, energy: float, coords: np.ndarray, grad_rms: float) -> None:
-        """Replace a minimum's point by a better-converged copy; hits and provenance are kept."""
-        g = self._minima
+        """Replace a minimum's point by a better-converged copy: its id, hits and provenance are
+        kept, its coordinate version goes up by one (scores of the old coordinates become stale)."""
+        g = self._table("minima")
         for name, value in dict(energy=energy, coords=coords, grad_rms=grad_rms).items():
             g[name][id_] = value
+        g["version"][id_] = self._read(g["version"], id_) + 1
 
     def add_hits(self, ids: np.ndarray) -> None:
         """Count one more find of each id in ``ids`` (repeats allowed)."""
         if len(ids):
             u, c = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
-            h = self._minima["hits"]
+            h = self._table("minima")["hits"]
             for i, k in zip(u, c):
                 h[i] = self._read(h, i) + k
 
+    # -- transition states ---------------------------------------------------------------------
+    def add_transition_state(self, energy: float, coords: np.ndarray, minima: tuple[int, int], eigenvalue: float,
+                             grad_rms: float, found: tuple[int, int, int]) -> int:
+        """Append an index-1 saddle joining the minima ids ``minima``; returns its id."""
+        return self._append("transition_states", dict(energy=energy, coords=coords, minima=minima,
+                                                      eigenvalue=eigenvalue, grad_rms=grad_rms, found=found))
+
+    def transition_states(self, coords: bool = True) -> TransitionStates:
+        """Every stored transition state (empty for a file that has none)."""
+        tables = self._table("transition_states")
+        if not tables:
+            return TransitionStates(np.zeros(0), np.zeros((0, self.problem.model.n_params)) if coords else None,
+                                    np.zeros((0, 2), np.int64), np.zeros(0), np.zeros(0), np.zeros((0, 3), np.int64))
+        n = self._rows(tables)
+        return TransitionStates(**{name: self._read(ds, slice(0, n)) if coords or name != "coords" else None
+                                   for name, ds in tables.items()})
+
     # -- scores --------------------------------------------------------------------------------
-    def scores(self) -> dict[str, tuple[np.ndarray, dict]]:
-        """Every stored score: name -> (values (N,) with NaN where not computed, attributes)."""
-        if "scores" not in self.f:
-            return {}
-        n = len(self)
+    def score_kinds(self) -> list[ScoreKind]:
+        """Every kind of score stored, in the order of /scores/kinds (the row is the kind's index)."""
+        if self.schema == 1:
+            return [k for k, _ in self._v1_scores()]
+        return [_kind_of(r) for r in self._read(self.f["scores/kinds"])]
+
+    def score_values(self, kind: int, table: str = "minima") -> tuple[np.ndarray, np.ndarray]:
+        """(values, versions), each (rows of ``table``,), of score kind ``kind``: the value last
+        computed for each row (NaN where none) and the coordinate version it was computed from
+        (-1 where none). A value is current where its version equals the row's version."""
+        n = len(self) if table == "minima" else self._rows(self._table(table))
+        values, versions = np.full(n, np.nan), np.full(n, -1, np.int64)
+        r = self._score_rows()
+        sel = (r["kind"] == kind) & (r["table"] == TABLES.index(table)) & (r["row"] < n)
+        rows, ver, val = r["row"][sel], r["version"][sel], r["value"][sel]
+        order = np.lexsort((np.arange(len(rows)), ver))  # the latest version, then the latest written, wins
+        values[rows[order]], versions[rows[order]] = val[order], ver[order]
+        return values, versions
+
+    def scores(self) -> dict[str, tuple[np.ndarray, ScoreKind]]:
+        """Every score of the minima, by label (:meth:`ScoreKind.label`), sorted by kind (eps
+        numerically): (values (N,), kind), values NaN where not computed or stale."""
+        current = self.minima(coords=False).version
         out = {}
-        for name, ds in self.f["scores"].items():
-            v = np.full(n, np.nan)
-            v[: ds.shape[0]] = self._read(ds)
-            out[name] = (v, dict(ds.attrs))
+        kinds = self.score_kinds()
+        for i in sorted(range(len(kinds)), key=lambda i: kinds[i].sort_key()):
+            values, versions = self.score_values(i)
+            values[versions != current] = np.nan
+            out[kinds[i].label()] = (values, kinds[i])
         return out
 
-    def write_score(self, name: str, ids: np.ndarray, values: np.ndarray, attrs: dict) -> None:
-        """Store ``values`` of the minima ``ids`` in /scores/<name> (created with ``attrs``)."""
-        g = self.f.require_group("scores")
-        g.attrs["description"] = "scores of the minima, one dataset per score, rows as in /minima"
-        if name not in g:
-            ds = g.create_dataset(name, (0,), maxshape=(None,), dtype="f8", chunks=(1024,), fillvalue=np.nan,
-                                  fletcher32=True)
-            ds.attrs.update(attrs)
-        ds = g[name]
-        if ds.shape[0] < len(self):
-            ds.resize((len(self),))
-        ids = np.asarray(ids)
-        order = np.argsort(ids)
-        ds[ids[order]] = np.asarray(values)[order]
+    def write_scores(self, kind: ScoreKind, ids: np.ndarray, values: np.ndarray, run: int,
+                     table: str = "minima") -> None:
+        """Store ``values`` of score ``kind`` for the rows ``ids`` of ``table``, as computed now from
+        their current coordinates by run ``run``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        versions = self._table("minima")["version"] if table == "minima" else None
+        ver = np.zeros(len(ids), np.int64) if versions is None else self._read(versions, slice(None))[ids]
+        k = self._kind_index(kind)
+        tables = self._table("scores")
+        n = self._rows(tables)
+        cols = dict(table=np.full(len(ids), TABLES.index(table)), row=ids, kind=np.full(len(ids), k), version=ver,
+                    value=np.asarray(values, dtype=np.float64), run=np.full(len(ids), run))
+        for name, value in cols.items():
+            tables[name].resize(n + len(ids), axis=0)
+            tables[name][n:] = value
         self.f.flush()
 
+    def _kind_index(self, kind: ScoreKind) -> int:
+        """The row of ``kind`` in /scores/kinds, appended if new."""
+        for i, k in enumerate(self.score_kinds()):
+            if k.key() == kind.key():
+                return i
+        ds = self.f["scores/kinds"]
+        n = ds.shape[0]
+        ds.resize(n + 1, axis=0)
+        ds[n] = _kind_row(kind)
+        return n
+
+    def _score_rows(self) -> dict[str, np.ndarray]:
+        if self.schema == 1:
+            return self._v1_score_rows()
+        tables = self._table("scores")
+        n = self._rows(tables)
+        return {name: self._read(ds, slice(0, n)) for name, ds in tables.items()}
+
+    def _v1_scores(self) -> list[tuple[ScoreKind, h5py.Dataset]]:
+        """Schema 1 kept one dataset per score, its parameters in attributes."""
+        unit = eps_unit(json.loads(self.f["problem"].attrs["dataset"]).get("scaling", ""))
+        g = self.f.get("scores", {})
+        return [(ScoreKind("sensitivity", float(ds.attrs["eps"]), unit, str(ds.attrs["method"]),
+                           str(ds.attrs["space"]), str(ds.attrs["split"]), "mean_log", int(ds.attrs["n_points"])), ds)
+                for _, ds in sorted(g.items())]
+
+    def _v1_score_rows(self) -> dict[str, np.ndarray]:
+        cols: dict[str, list] = {name: [] for name in _SCORE_ROWS}
+        for k, (_, ds) in enumerate(self._v1_scores()):
+            v = self._read(ds)
+            rows = np.flatnonzero(np.isfinite(v))
+            for name, value in dict(table=0, row=rows, kind=k, version=0, value=v[rows], run=-1).items():
+                cols[name].append(np.broadcast_to(value, rows.shape))
+        return {name: np.concatenate(c) if c else np.zeros(0, _SCORE_ROWS[name][0]) for name, c in cols.items()}
+
     # -- runs ----------------------------------------------------------------------------------
-    def start_run(self, command: str, seed: int, parameters: dict, walker_shapes: dict[str, tuple]) -> int:
-        """Open a new run group and allocate its walker-state datasets (``walker_shapes``: name ->
-        (shape, dtype, description)); returns the run id. Afterwards the file is in SWMR mode:
-        minima and walker state can be written, nothing created."""
+    def start_run(self, command: str, seed: int, parameters: dict, walker_shapes: dict[str, tuple],
+                  kind: str = "sample", counters: tuple[str, ...] = COUNTERS, swmr: bool = True) -> int:
+        """Open a new run group of command ``kind`` and allocate its walker-state datasets
+        (``walker_shapes``: name -> (shape, dtype, description)); returns the run id. With
+        ``swmr`` the file is afterwards in SWMR mode: rows can be written, nothing created."""
         runs = self.f["runs"]
         rid = len(runs)
         g = runs.create_group(str(rid))
-        g.attrs.update(command=command, seed=seed, parameters=json.dumps(parameters, sort_keys=True),
+        g.attrs.update(kind=kind, command=command, seed=seed, parameters=json.dumps(parameters, sort_keys=True),
                        software=f"landscape {__version__}", started=_now(),
                        status="running (or killed, if no 'ended' attribute)",
-                       description="one invocation of landscape sample")
-        c = g.create_dataset("counters", data=np.zeros(len(COUNTERS)), fletcher32=True)
-        c.attrs.update(names=json.dumps(COUNTERS), description="running totals of this run, in order of 'names'")
+                       description=f"one invocation of landscape {kind}")
+        c = g.create_dataset("counters", data=np.zeros(len(counters)), fletcher32=True)
+        c.attrs.update(names=json.dumps(counters), description="running totals of this run, in order of 'names'")
         wg = g.create_group("walkers")
         wg.attrs["description"] = "state of each walker at the last flush, for --resume"
         for name, (shape, dt, desc) in walker_shapes.items():
             wg.create_dataset(name, shape, dtype=dt, fletcher32=True).attrs["description"] = desc
         self.f.attrs["writer"] = json.dumps(_process())
         self.f.flush()
-        self.f.swmr_mode = True
+        if swmr:
+            self.f.swmr_mode = True
         return rid
 
     def save_run_state(self, rid: int, counters: dict, walkers: dict[str, np.ndarray]) -> None:
         g = self.f[f"runs/{rid}"]
-        g["counters"][:] = [float(counters.get(k, 0)) for k in COUNTERS]
+        names = json.loads(g["counters"].attrs["names"])
+        g["counters"][:] = [float(counters.get(k, 0)) for k in names]
         for name, value in walkers.items():
             g["walkers"][name][...] = value
 
     def end_run(self, rid: int, status: str) -> None:
         """Close SWMR mode (reopening the file) and stamp the run's end (``status``: COMPLETED,
         TIME_UP, INTERRUPTED or FAILED)."""
-        self.f.close()
-        self.f, self._ds = _open(self.path, "a"), None
+        if self.f.swmr_mode:
+            self.f.close()
+            self.f, self._ds = _open(self.path, "a"), {}
         self.f[f"runs/{rid}"].attrs.update(ended=_now(), status=status)
         self.f.flush()
 
-    def runs(self) -> list[dict]:
-        """Every run's record, oldest first. A run that has not ended has status 'running' while
-        its process runs (see ``writer``) and 'killed' otherwise."""
+    def runs(self, kind: str | None = None) -> list[dict]:
+        """Every run's record (those of command ``kind`` only, if given), oldest first. A run that
+        has not ended has status 'running' while its process runs (see ``writer``) and 'killed'
+        otherwise. Schema-1 runs are all of kind 'sample'."""
         out = []
         ids = sorted(self.f["runs"], key=int)
         for rid in ids:
             g = self.f[f"runs/{rid}"]
             a = dict(g.attrs)
+            if kind is not None and a.get("kind", "sample") != kind:
+                continue
             counters = dict(zip(json.loads(g["counters"].attrs["names"]), self._read(g["counters"]).tolist()))
             status = a.get("status")
             if a.get("ended") is None:
                 live = rid == ids[-1] and _running(json.loads(self.f.attrs.get("writer", "{}")))
                 status = RUNNING if live else KILLED
-            out.append({"id": int(rid), "command": a.get("command"), "seed": int(a.get("seed", -1)),
-                        "parameters": json.loads(a.get("parameters", "{}")), "software": a.get("software"),
-                        "started": a.get("started"),
+            out.append({"id": int(rid), "kind": a.get("kind", "sample"), "command": a.get("command"),
+                        "seed": int(a.get("seed", -1)), "parameters": json.loads(a.get("parameters", "{}")),
+                        "software": a.get("software"), "started": a.get("started"),
                         "ended": a.get("ended"), "status": status, "counters": counters})
         return out
 
     def walker_state(self, rid: int) -> dict[str, np.ndarray]:
         return {k: self._read(v) for k, v in self.f[f"runs/{rid}/walkers"].items()}
+
+    # -- views ---------------------------------------------------------------------------------
+    def table(self):
+        """The minima as a pandas DataFrame indexed by id: energy, grad_rms, eigenvalue_0..k-1,
+        hits, first_run, first_walker, first_step, version, and one column per score kind named
+        by its label (NaN where not computed or stale). Needs pandas (``pip install pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Database.table() needs pandas: pip install pandas") from None
+        m = self.minima(coords=False)
+        cols = {"energy": m.energy, "grad_rms": m.grad_rms}
+        cols.update({f"eigenvalue_{j}": m.eigenvalues[:, j] for j in range(m.eigenvalues.shape[1])})
+        cols.update(hits=m.hits, first_run=m.first_found[:, 0], first_walker=m.first_found[:, 1],
+                    first_step=m.first_found[:, 2], version=m.version)
+        cols.update({label: values for label, (values, _) in self.scores().items()})
+        return pd.DataFrame(cols, index=pd.RangeIndex(len(m), name="id"))
+
+    def network(self, id_: int):
+        """Minimum ``id_`` as a ``torch.nn.Module`` on raw inputs (N, ...) in the source's units
+        (trailing dimensions flatten to the D features), preprocessing included: its output is the
+        logits (N, C) of the stored energy's network, float64."""
+        from .models import with_preprocessing
+
+        shift, scale = self.preprocessing()
+        return with_preprocessing(self.problem.model.to_module(self.coords(np.array([id_]))[0]), shift, scale)
 
     def _read(self, ds: h5py.Dataset, selection: slice | int | tuple = ()) -> np.ndarray:
         """``ds[selection]``. Every dataset written here carries a Fletcher-32 checksum per chunk;
@@ -345,6 +598,112 @@ class Database:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _create_dataset(g: h5py.Group, name: str, dtype: str, shape: tuple, desc: str) -> h5py.Dataset:
+    """An empty, resizable, chunked, checksummed table column of rows of ``shape``."""
+    size = np.dtype(dtype).itemsize * max(1, int(np.prod(shape)))
+    ds = g.create_dataset(name, (0, *shape), maxshape=(None, *shape), dtype=dtype, fletcher32=True,
+                          chunks=(max(1, min(256, 65536 // size)), *shape))
+    ds.attrs["description"] = desc
+    return ds
+
+
+def _create_tables(f: h5py.File, P: int) -> None:
+    """Every table of the schema, empty (those a schema-1 file has are left as they are)."""
+    for group, (columns, desc) in _GROUPS.items():
+        g = f.require_group(group)
+        g.attrs["description"] = desc
+        for name, (dt, shape, cdesc) in columns.items():
+            if name not in g:
+                _create_dataset(g, name, dt, (P,) if shape == "P" else shape, cdesc)
+    if "kinds" not in f["scores"]:
+        kinds = f["scores"].create_dataset("kinds", (0,), maxshape=(None,), dtype=_KIND_DTYPE, chunks=(64,),
+                                           fletcher32=True)
+        kinds.attrs["description"] = ("what each score is: quantity, eps (radius of the l-inf input ball, NaN if "
+                                      "none) in eps_unit, method, output space, data split, aggregation over the "
+                                      "points, point count, other options (JSON)")
+
+
+def _write_problem(g: h5py.Group, problem: Problem, ds) -> None:
+    """The problem's description and the preprocessing, split and labels of its data ``ds``."""
+    d = problem.to_dict()
+    g.attrs.update(
+        problem=problem.to_json(),
+        layout=json.dumps([{"name": b.name, "shape": list(b.shape), "offset": b.offset}
+                           for b in problem.model.blocks()]),
+        dataset=json.dumps(ds.describe()), n_params=problem.model.n_params, dtype=problem.dtype,
+        loss=json.dumps(d.get("loss", [])),
+        description="how to rebuild the network and the energy: landscape.Problem.from_json(attrs['problem'])")
+    for name in ("lam", "energy"):  # schema 1's, superseded by 'loss'
+        g.attrs.pop(name, None)
+    for name, value, desc in (
+            ("shift", ds.shift, "preprocessing: network input = (raw - shift) / scale, per feature"),
+            ("scale", ds.scale, "preprocessing: network input = (raw - shift) / scale, per feature"),
+            ("train_index", ds.train_index, "rows of the source data (after 'limit') in the training split"),
+            ("test_index", ds.test_index, "rows of the source data (after 'limit') in the test split")):
+        if name in g:
+            del g[name]
+        g.create_dataset(name, data=np.asarray(value), fletcher32=True, chunks=True if len(value) else None
+                         ).attrs["description"] = desc
+
+
+def _upgrade(path: str, problem: Problem) -> None:
+    """Upgrade a schema-1 file to the current schema: on a copy, which replaces the file only
+    once complete (a kill leaves the original as it was)."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.upgrade-{os.getpid()}")
+    dataset = problem.dataset()
+    with Database(path) as old:
+        rows, kinds = old._v1_score_rows(), old.score_kinds()
+        schema = old.schema
+    try:
+        shutil.copyfile(path, tmp)
+        with _open(tmp, "a") as f:  # a killed run's copy is recovered as the file would be
+            _write_problem(f["problem"], problem, dataset)
+            for name in list(f.get("scores", {})):  # schema 1: one dataset per score
+                del f["scores"][name]
+            _create_tables(f, problem.model.n_params)
+            n = f["minima/energy"].shape[0]
+            f["minima/version"].resize(n, axis=0)
+            f["minima/version"][:] = 0
+            f["scores/kinds"].resize(len(kinds), axis=0)
+            for i, k in enumerate(kinds):
+                f["scores/kinds"][i] = _kind_row(k)
+            for name, value in rows.items():
+                f[f"scores/{name}"].resize(len(value), axis=0)
+                f[f"scores/{name}"][:] = value
+            for g in f["runs"].values():
+                g.attrs.setdefault("kind", "sample")
+            upgrades = json.loads(f.attrs.get("upgrades", "[]"))
+            upgrades.append({"from": schema, "to": SCHEMA_VERSION, "software": f"landscape {__version__}",
+                             "at": _now()})
+            f.attrs.update(schema_version=SCHEMA_VERSION, upgrades=json.dumps(upgrades))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _kind_row(k: ScoreKind) -> np.ndarray:
+    row = np.zeros((), _KIND_DTYPE)
+    for name in _KIND_DTYPE.names:
+        v = getattr(k, name)
+        row[name] = v.encode() if isinstance(v, str) else v
+    return row
+
+
+def _kind_of(row: np.void) -> ScoreKind:
+    return ScoreKind(**{name: row[name].decode() if isinstance(row[name], bytes) else row[name].item()
+                        for name in _KIND_DTYPE.names})
+
+
+def _same_problem(a: Problem, b: Problem) -> bool:
+    """Whether two problems are the same loss landscape: equal specs, the data's path aside (the
+    content hash is compared instead)."""
+    da, db = a.to_dict(), b.to_dict()
+    for d in (da, db):
+        d["data"] = {**d["data"], "path": None}
+    return da == db
 
 
 _LIBVER = ("v110", "v110")  # superblock v3: what SWMR needs and what _check_length reads

@@ -25,10 +25,12 @@ def test_score_stores_one_value_per_minimum_and_is_idempotent(db_path):
         scores = db.scores()
         m = db.minima()
         problem = db.problem
-    assert done == {"sensitivity_logits_ibp_eps0.01_test": n, "sensitivity_logits_ibp_eps0.1_test": n}
-    values, attrs = scores["sensitivity_logits_ibp_eps0.1_test"]
+    assert done.computed == {"sensitivity_logits_ibp_eps0.01_test": n, "sensitivity_logits_ibp_eps0.1_test": n}
+    assert (done.split, done.n_points) == ("test", 45)  # the default: the test split, as the problem has one
+    values, kind = scores["sensitivity_logits_ibp_eps0.1_test"]
     assert values.shape == (n,) and np.all(np.isfinite(values))
-    assert attrs["eps"] == 0.1 and attrs["method"] == "ibp" and attrs["split"] == "test" and attrs["n_points"] == 45
+    assert (kind.quantity, kind.eps, kind.method, kind.split, kind.n_points) == ("sensitivity", 0.1, "ibp", "test", 45)
+    assert kind.eps_unit == "standardised features" and kind.aggregation == "mean_log"
     assert np.all(values > scores["sensitivity_logits_ibp_eps0.01_test"][0])  # a larger ball, a larger box
     # the stored score of a minimum is the sensitivity of its own nn.Module
     ds = problem.dataset()
@@ -36,10 +38,11 @@ def test_score_stores_one_value_per_minimum_and_is_idempotent(db_path):
     direct = robustness.log_volume(net, torch.from_numpy(ds.X_test), 0.1, method="ibp").mean.item()
     np.testing.assert_allclose(values[-1], direct, rtol=1e-12)
     before = db_path.read_bytes()
-    assert score(str(db_path), [0.01], method="ibp", progress=False) == {"sensitivity_logits_ibp_eps0.01_test": 0}
-    with h5py.File(db_path, "r") as f:
-        assert f["scores/sensitivity_logits_ibp_eps0.01_test"].shape == (n,)
-    assert len(before) == db_path.stat().st_size
+    assert score(str(db_path), [0.01], method="ibp", progress=False).computed == {
+        "sensitivity_logits_ibp_eps0.01_test": 0}
+    with h5py.File(db_path, "r") as f:  # one row per computed value in the long table
+        assert f["scores/value"].shape == (2 * n,) and f["scores/kinds"].shape == (2,)
+    assert db_path.read_bytes() == before  # nothing to compute: the file is left as it was
 
 
 def test_new_minima_get_scored_on_rerun(db_path):
@@ -50,7 +53,7 @@ def test_new_minima_get_scored_on_rerun(db_path):
         n_new = len(db)
         old = np.isfinite(db.scores()["sensitivity_logit_diff_crown_eps0.05_test"][0]).sum()
     done = score(str(db_path), [0.05], method="crown", space="logit_diff", progress=False)
-    assert done["sensitivity_logit_diff_crown_eps0.05_test"] == n_new - old
+    assert done.computed["sensitivity_logit_diff_crown_eps0.05_test"] == n_new - old
 
 
 def test_score_cli_errors(db_path, capsys):
@@ -66,8 +69,8 @@ def test_score_refuses_eps_that_are_not_finite_numbers(db_path, eps):
 
 
 def test_score_takes_one_eps_or_an_array(db_path):
-    assert set(score(str(db_path), 0.02, progress=False)) == {"sensitivity_logits_ibp_eps0.02_test"}
-    done = score(str(db_path), np.array([0.02, 0.03]), progress=False)
+    assert set(score(str(db_path), 0.02, progress=False).computed) == {"sensitivity_logits_ibp_eps0.02_test"}
+    done = score(str(db_path), np.array([0.02, 0.03]), progress=False).computed
     assert done["sensitivity_logits_ibp_eps0.02_test"] == 0 and done["sensitivity_logits_ibp_eps0.03_test"] > 0
 
 
@@ -80,8 +83,9 @@ def test_each_eps_gets_its_own_score_and_a_repeated_eps_is_computed_once(db_path
     done = score(str(db_path), [0.1000001, 0.1, 0.1000001], method="crown", space="softmax", progress=False)
     with Database(db_path) as db:
         n, scores = len(db), db.scores()
-    assert done == {"sensitivity_softmax_crown_eps0.1000001_test": n, "sensitivity_softmax_crown_eps0.1_test": n}
+    assert done.computed == {"sensitivity_softmax_crown_eps0.1000001_test": n,
+                             "sensitivity_softmax_crown_eps0.1_test": n}
     assert sorted(set(calls)) == [0.1, 0.1000001] and len(calls) == 2 * -(-n // 128)
     close, exact = (scores[f"sensitivity_softmax_crown_eps{e}_test"] for e in ("0.1000001", "0.1"))
-    assert close[1]["eps"] == 0.1000001 and exact[1]["eps"] == 0.1
+    assert close[1].eps == 0.1000001 and exact[1].eps == 0.1
     assert np.all(close[0] > exact[0])  # the larger ball, the larger box
