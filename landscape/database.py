@@ -26,6 +26,8 @@ SWMR mode (which can create nothing) can write any of them::
     /scores/table, row, kind, version, value, run  (R,)  a long table, one row per computed value:
                                             of row `row` of table `table` (0: minima), score kind
                                             `kind`, computed from coordinate version `version`
+    /attempts/*            (A, ..)          double-ended searches tried: minima (A, 2), transition_states
+                                            (how many it found), run
     /networks/*            (T, ..)          trained networks: coords, objective (JSON), seed, run
     /runs/<id>             attrs: kind (sample, score, connect, ...), command, seed, parameters
                            (JSON), software, started, ended, status
@@ -107,6 +109,11 @@ _TRANSITION_STATES = {
     "grad_rms": ("f8", (), "RMS gradient at coords"),
     "found": ("i8", (3,), "(run, a, b): the run, and the pair of minima whose search found it"),
 }
+_ATTEMPTS = {
+    "minima": ("i8", (2,), "ids of the two minima a double-ended search tried to join"),
+    "transition_states": ("i8", (), "how many verified transition states it found"),
+    "run": ("i8", (), "the run that tried"),
+}
 _NETWORKS = {
     "coords": ("f8", "P", "flat parameter vector of a trained network (layout as /minima/coords)"),
     "objective": ("S1024", (), "JSON: the objective it was trained with"),
@@ -127,6 +134,7 @@ _KIND_DTYPE = np.dtype([("quantity", "S32"), ("eps", "f8"), ("eps_unit", "S32"),
 _GROUPS = {  # group: (datasets, description)
     "minima": (_MINIMA, "distinct minima, one row per minimum, in order of discovery; a row is its id forever"),
     "transition_states": (_TRANSITION_STATES, "index-1 saddles joining pairs of minima, one row each"),
+    "attempts": (_ATTEMPTS, "double-ended searches tried, one row each (so a resumed connect skips them)"),
     "networks": (_NETWORKS, "networks trained with an objective (not minima of the landscape)"),
     "scores": (_SCORE_ROWS, "per-row quantities as a long table; join 'kind' with /scores/kinds"),
 }
@@ -393,6 +401,20 @@ class Database:
         n = self._rows(tables)
         return TransitionStates(**{name: self._read(ds, slice(0, n)) if coords or name != "coords" else None
                                    for name, ds in tables.items()})
+
+    def add_attempt(self, a: int, b: int, found: int, run: int) -> None:
+        """Record a double-ended search between minima ``a`` and ``b`` that found ``found``
+        verified transition states."""
+        self._append("attempts", dict(minima=(a, b), transition_states=found, run=run))
+
+    def attempts(self) -> np.ndarray:
+        """(A, 3) int64: the pairs of minima tried (a, b) and how many transition states each found."""
+        tables = self._table("attempts")
+        n = self._rows(tables)
+        if not n:
+            return np.zeros((0, 3), np.int64)
+        return np.column_stack([self._read(tables["minima"], slice(0, n)),
+                                self._read(tables["transition_states"], slice(0, n))])
 
     # -- scores --------------------------------------------------------------------------------
     def score_kinds(self) -> list[ScoreKind]:

@@ -174,6 +174,11 @@ def test_transition_states_are_stored_and_read_back(sampled, tmp_path):
         ts = db.transition_states()
     assert len(ts) == 1 and ts.energy[0] == 0.3 and np.array_equal(ts.coords[0], x)
     assert ts.minima.tolist() == [[0, 1]] and ts.eigenvalue[0] == -0.01 and ts.found.tolist() == [[5, 0, 1]]
+    with Database(path, mode="a") as db:
+        db.add_attempt(0, 1, 1, 5)
+        db.add_attempt(1, 2, 0, 5)
+    with Database(path) as db:
+        assert db.attempts().tolist() == [[0, 1, 1], [1, 2, 0]]
 
 
 def test_score_without_a_test_split_uses_the_training_split_and_says_so(tmp_path, capsys):
