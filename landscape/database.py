@@ -170,7 +170,8 @@ class ScoreKind:
         """A readable name, e.g. ``sensitivity_logits_ibp_eps0.1_test``; for display, never parsed."""
         parts = [self.quantity, self.space, self.method, "" if math.isnan(self.eps) else f"eps{_eps_text(self.eps)}",
                  self.split, "" if self.aggregation in ("", "mean_log") else self.aggregation]
-        return "_".join(p for p in parts if p)
+        parts += [f"{k}{v}" for k, v in sorted(json.loads(self.options).items())]
+        return "_".join(str(p) for p in parts if p != "")
 
     def sort_key(self) -> tuple:
         return (self.quantity, self.method, self.space, self.split, self.aggregation,
