@@ -23,6 +23,7 @@ weights), ``transpose`` (the adjoint of the linear part, on coefficient rows) an
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -256,16 +257,41 @@ class Sigmoid:
     fn = staticmethod(torch.sigmoid)
 
 
+SOFTPLUS_THRESHOLD = 40.0
+"""Above beta x > 40, softplus(x) = x in float64 and float32 (log1p(exp(-40)) / beta is below half an
+ulp of x); below it, exp(beta x) cannot overflow either dtype."""
+
+
+def softplus(x: Tensor, beta: float = 1.0) -> Tensor:
+    """log(1 + exp(beta x)) / beta, elementwise, without overflow; convex and increasing, ReLU as beta -> inf."""
+    return F.softplus(x, beta=beta, threshold=SOFTPLUS_THRESHOLD)
+
+
+@dataclass(frozen=True)
+class Softplus:
+    """log(1 + exp(beta x)) / beta, elementwise; ``beta`` > 0 (default 1, as torch.nn.Softplus)."""
+
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.beta, bool) or not isinstance(self.beta, numbers.Real) or not 0 < self.beta < math.inf:
+            raise ValueError(f"Softplus beta must be a finite number > 0, got {self.beta!r}")
+        object.__setattr__(self, "beta", float(self.beta))
+
+    def fn(self, x: Tensor) -> Tensor:
+        return softplus(x, self.beta)
+
+
 AFFINE = (Linear, Conv2d, AvgPool2d, Flatten)
-ACTIVATIONS = (ReLU, Tanh, Sigmoid)
-Layer = Linear | Conv2d | AvgPool2d | Flatten | ReLU | Tanh | Sigmoid
+ACTIVATIONS = (ReLU, Tanh, Sigmoid, Softplus)
+Layer = Linear | Conv2d | AvgPool2d | Flatten | ReLU | Tanh | Sigmoid | Softplus
 
 
 @dataclass(frozen=True, eq=False)
 class Network:
     """K feed-forward networks of one architecture.
 
-    ``layers``: Linear, Conv2d, AvgPool2d, Flatten, ReLU, Tanh, Sigmoid (at least one
+    ``layers``: Linear, Conv2d, AvgPool2d, Flatten, ReLU, Tanh, Sigmoid, Softplus (at least one
     Linear or Conv2d, all with the same K, dtype and device); ``input_shape``: the
     shape of one input, e.g. (64,) or (1, 8, 8). The output of one input must be a
     vector. ``shapes[i]`` is the shape entering ``layers[i]``; ``shapes[-1]`` the
@@ -319,7 +345,9 @@ def from_sequential(module: nn.Sequential, input_shape: Sequence[int] | None = N
     """A K = 1 :class:`Network` from a ``torch.nn.Sequential``.
 
     Supports nn.Linear, nn.Conv2d (zero padding, no dilation or groups), nn.AvgPool2d
-    (no padding), nn.Flatten (all but the batch axis), nn.ReLU, nn.Tanh, nn.Sigmoid.
+    (no padding), nn.Flatten (all but the batch axis), nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Softplus (as
+    the exact softplus of its beta: torch's module is linear where beta x > threshold, which moves
+    its output by at most log1p(exp(-threshold)) / beta).
     ``input_shape`` is inferred when the first layer is nn.Linear. Parameters are
     converted to ``dtype`` (default float64); gradients still flow to the module.
     """
@@ -342,6 +370,8 @@ def from_sequential(module: nn.Sequential, input_shape: Sequence[int] | None = N
             layers.append(Flatten())
         elif isinstance(m, (nn.ReLU, nn.Tanh, nn.Sigmoid)):
             layers.append({nn.ReLU: ReLU, nn.Tanh: Tanh, nn.Sigmoid: Sigmoid}[type(m)]())
+        elif isinstance(m, nn.Softplus):
+            layers.append(Softplus(m.beta))
         else:
             raise ValueError(f"unsupported module {type(m).__name__}")
     if input_shape is None:

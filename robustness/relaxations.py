@@ -20,6 +20,10 @@ tanh (convex on (-inf, 0], concave on [0, inf)); upper line:
     For l < -20, d = u.
 The lower line follows from the odd symmetry, lower(l, u) = -upper(-u, -l), and
 sigmoid from sigmoid(x) = (1 + tanh(x / 2)) / 2.
+
+softplus (convex): below, the tangent at the midpoint (the tangent of least area); above, the
+chord (the tangent at l when l = u). Tangent intercepts are computed without cancellation and
+chords from halved values, so nothing overflows for any finite l, u.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from .network import softplus as softplus_fn
 
 _GRID_MIN = -20.0
 _GRID_STEP = 1e-3
@@ -107,3 +113,23 @@ def sigmoid(l: Tensor, u: Tensor) -> Relaxation:
     """Linear bounds of the logistic sigmoid on [l, u]."""
     t = tanh(l / 2, u / 2)
     return Relaxation(t.lower_slope / 4, (1 + t.lower_intercept) / 2, t.upper_slope / 4, (1 + t.upper_intercept) / 2)
+
+
+def _softplus_tangent(d: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """Slope and intercept of the tangent of softplus at d: sigmoid(beta d) and
+    softplus(d) - d sigmoid(beta d) = (log1p(e) / beta + |d| e / (1 + e)), e = exp(-beta |d|)."""
+    e = torch.exp(-beta * d.abs())
+    return torch.sigmoid(beta * d), torch.log1p(e) / beta + d.abs() * (e / (1 + e))
+
+
+def softplus(l: Tensor, u: Tensor, beta: float = 1.0) -> Relaxation:
+    """Linear bounds of log(1 + exp(beta x)) / beta on [l, u]."""
+    lower_slope, lower_intercept = _softplus_tangent(l / 2 + u / 2, beta)
+    half_width = u / 2 - l / 2
+    positive = half_width > 0
+    fl = softplus_fn(l, beta)
+    chord = (softplus_fn(u, beta) / 2 - fl / 2) / torch.where(positive, half_width, 1)
+    tangent_slope, tangent_intercept = _softplus_tangent(l, beta)
+    upper_slope = torch.where(positive, chord, tangent_slope)
+    upper_intercept = torch.where(positive, fl - chord * l, tangent_intercept)
+    return Relaxation(lower_slope, lower_intercept, upper_slope, upper_intercept)

@@ -4,13 +4,18 @@ Checked on 2,001 evenly spaced points of every interval, for intervals of all si
 patterns, widths from 0 to 2,000 and beyond the tangent-point table (l < -20).
 Tolerance: tol * (1 + max(|l|, |u|)) with tol = 1e-12 in float64, 1e-6 in float32.
 """
+import functools
+
 import pytest
 import torch
 
 from robustness import relaxations
+from robustness.network import softplus
 
 FUNCTIONS = {"relu": (relaxations.relu, torch.relu), "tanh": (relaxations.tanh, torch.tanh),
-             "sigmoid": (relaxations.sigmoid, torch.sigmoid)}
+             "sigmoid": (relaxations.sigmoid, torch.sigmoid),
+             **{f"softplus{b}": (functools.partial(relaxations.softplus, beta=b), functools.partial(softplus, beta=b))
+                for b in (0.5, 10.0)}}
 
 
 def intervals(dtype):
