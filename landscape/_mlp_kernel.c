@@ -33,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MLPK_ABI 7
+#define MLPK_ABI 8
 #define MAXL 32
 
 /* Vector length VL (doubles) and register-tile sizes follow the target: 32 zmm registers
@@ -65,7 +65,7 @@ typedef uint64_t vu __attribute__((vector_size(8 * VL)));
 
 #define INLINE static inline __attribute__((always_inline))
 
-enum { ACT_TANH = 0, ACT_SIGMOID = 1, ACT_RELU = 2 };
+enum { ACT_TANH = 0, ACT_SIGMOID = 1, ACT_RELU = 2, ACT_SOFTPLUS = 3 };
 
 /* ------------------------------------------------------------------ vector helpers */
 
@@ -165,6 +165,32 @@ INLINE vd vsigmoid(vd x)
 
 INLINE vd vrelu(vd x) { return vsel(x < vset1(0.0), vset1(0.0), x); } /* keeps NaN */
 
+/* log(1 + t) for t in [0, 1], fdlibm's log kernel: 1 + t = 2^k (1 + f), k = 0 and f = t (exact) below
+ * sqrt(2) - 1, else k = 1 and f = (t - 1) / 2; s = f / (2 + f), log(1 + f) = f - (f^2/2 - s (f^2/2 + R(s^2))),
+ * R a minimax polynomial (error < 1 ulp). */
+INLINE vd vlog1p_unit(vd t)
+{
+    vl big = t > vset1(0.41421356237309503);
+    vd f = vsel(big, (t - vset1(1.0)) * vset1(0.5), t);
+    vd k = vsel(big, vset1(1.0), vset1(0.0));
+    vd s = f / (vset1(2.0) + f);
+    vd z = s * s, w = z * z;
+    vd t1 = w * (vset1(3.999999999940941908e-01) +
+                 w * (vset1(2.222219843214978396e-01) + w * vset1(1.531383769920937332e-01)));
+    vd t2 = z * (vset1(6.666666666666735130e-01) +
+                 w * (vset1(2.857142874366239149e-01) +
+                      w * (vset1(1.818357216161805012e-01) + w * vset1(1.479819860511658591e-01))));
+    vd hfsq = vset1(0.5) * f * f;
+    vd r = s * (hfsq + (t2 + t1)) + k * vset1(1.90821492927058770002e-10); /* ln2_lo */
+    return k * vset1(6.93147180369123816490e-01) - ((hfsq - r) - f);  /* ln2_hi */
+}
+
+/* softplus log(1 + exp(beta x)) / beta = max(x, 0) + log(1 + exp(-beta |x|)) / beta (no overflow) */
+INLINE vd vsoftplus(vd x, double beta, double inv_beta)
+{
+    return vrelu(x) + vlog1p_unit(vexp_neg(vset1(-beta) * vabs(x))) * vset1(inv_beta);
+}
+
 /* ------------------------------------------------------------------ context */
 
 typedef struct {
@@ -180,6 +206,7 @@ typedef struct {
     long P;
     long woff[MAXL], boff[MAXL];
     double lam, invN;
+    double beta;  /* softplus sharpness */
     double *XT;   /* (d0, Npad), 64-byte aligned */
     double *ylab; /* (Npad) class as double, -1 for padding */
     int nscratch;
@@ -303,9 +330,9 @@ static inline int n_tiles(int n, int maxt) { return (n + maxt - 1) / maxt; }
 
 /* out (rows x nc) = M x in (+ bias), M(r, c) = Wp[r*wr + c*wc]; then the activation
  * (act >= 0) or the derivative factor of the activation given its output `aprev`
- * (deriv = 1), applied block by block while the block is in L1. */
+ * (deriv = 1), applied block by block while the block is in L1. beta: softplus sharpness. */
 static void layer_mm(int rows, int cin, int nvec, const double *Wp, long wr, long wc, const double *bias,
-                     const double *src, long lds, double *dst, long ldd, int act, const double *aprev,
+                     const double *src, long lds, double *dst, long ldd, int act, double beta, const double *aprev,
                      long lda)
 {
     for (int v0 = 0; v0 < nvec; v0 += NV_MAX) {
@@ -328,6 +355,9 @@ static void layer_mm(int rows, int cin, int nvec, const double *Wp, long wr, lon
                 case ACT_SIGMOID:
                     for (int j = 0; j < nv; j++) vstore(p + j * VL, vsigmoid(vload(p + j * VL)));
                     break;
+                case ACT_SOFTPLUS:
+                    for (int j = 0; j < nv; j++) vstore(p + j * VL, vsoftplus(vload(p + j * VL), beta, 1.0 / beta));
+                    break;
                 default:
                     for (int j = 0; j < nv; j++) vstore(p + j * VL, vrelu(vload(p + j * VL)));
                     break;
@@ -339,6 +369,8 @@ static void layer_mm(int rows, int cin, int nvec, const double *Wp, long wr, lon
                     switch (act) {
                     case ACT_TANH: f = vset1(1.0) - av * av; break;
                     case ACT_SIGMOID: f = av * (vset1(1.0) - av); break;
+                    /* sigmoid(beta x) = 1 - exp(-beta a) for a = softplus(x) >= 0 */
+                    case ACT_SOFTPLUS: f = vset1(1.0) - vexp_neg(vset1(-beta) * av); break;
                     default: f = vsel(av > vset1(0.0), vset1(1.0), vset1(0.0)); break;
                     }
                     vstore(p + j * VL, vload(p + j * VL) * f);
@@ -402,7 +434,8 @@ static void run_walker(const ctx_t *c, scratch_t *s, const double *w, double *Eo
             long lds = l == 0 ? c->Npad : NC;
             const double *W = w + c->woff[l];
             const double *b = c->bias ? w + c->boff[l] : NULL;
-            layer_mm(dout, din, nvec, W, 1, dout, b, src, lds, s->act[l + 1], NC, l < L - 1 ? c->act : -1, NULL, 0);
+            layer_mm(dout, din, nvec, W, 1, dout, b, src, lds, s->act[l + 1], NC, l < L - 1 ? c->act : -1, c->beta,
+                     NULL, 0);
         }
         /* softmax cross-entropy; dZ into D[0] */
         double *Z = s->act[L], *D = s->D[0];
@@ -447,7 +480,7 @@ static void run_walker(const ctx_t *c, scratch_t *s, const double *w, double *Eo
             if (l > 0) {
                 /* D_prev[i][n] = sum_o W[i, o] D[o][n] * act'(a[i][n]) */
                 const double *W = w + c->woff[l];
-                layer_mm(din, dout, nvec, W, dout, 1, NULL, Dc, NC, s->D[1 - cur], NC, c->act, s->act[l], NC);
+                layer_mm(din, dout, nvec, W, dout, 1, NULL, Dc, NC, s->D[1 - cur], NC, c->act, c->beta, s->act[l], NC);
                 cur = 1 - cur;
             }
         }
@@ -688,16 +721,18 @@ void mlpk_destroy(void *h)
     free(c);
 }
 
-/* X: (N, d0) row-major, y: (N,) int64 in [0, d_L). nc: samples per chunk (0: automatic).
+/* X: (N, d0) row-major, y: (N,) int64 in [0, d_L). nc: samples per chunk (0: automatic). beta: the
+ * sharpness of softplus (act 3), finite and > 0; not used by the other activations.
  * Returns NULL on bad arguments or out of memory. */
-void *mlpk_create(int L, const int *widths, int act, int bias, long N, const double *X, const int64_t *y,
-                  double lam, int nc)
+void *mlpk_create(int L, const int *widths, int act, double beta, int bias, long N, const double *X,
+                  const int64_t *y, double lam, int nc)
 {
-    if (L < 1 || L > MAXL || N < 1 || act < 0 || act > 2) return NULL;
+    if (L < 1 || L > MAXL || N < 1 || act < 0 || act > ACT_SOFTPLUS || !(beta > 0 && beta < INFINITY)) return NULL;
     ctx_t *c = calloc(1, sizeof(ctx_t));
     if (!c) return NULL;
     c->L = L;
     c->act = act;
+    c->beta = beta;
     c->bias = bias ? 1 : 0;
     c->N = (int)N;
     c->Npad = (int)((N + VL - 1) / VL * VL);

@@ -52,11 +52,11 @@ import numpy as np
 __all__ = ["ACTIVATIONS", "CFLAGS", "MLPKernel", "available", "unavailable_reason", "library_path", "lbfgs_direction",
            "lbfgs_push", "assignment_bound", "LBFGS_MAX_PAIRS", "ASSIGNMENT_MAX_H"]
 
-ACTIVATIONS = ("tanh", "sigmoid", "relu")
+ACTIVATIONS = ("tanh", "sigmoid", "relu", "softplus")
 _MARCH = os.environ.get("LANDSCAPE_KERNEL_MARCH", "native")
 CFLAGS = ("-O3", f"-march={_MARCH}", "-funroll-loops", "-ffp-contract=fast", "-fno-math-errno",
           "-std=gnu11", "-fPIC", "-shared", "-pthread")
-_ABI = 7
+_ABI = 8
 _SRC = Path(__file__).with_name("_mlp_kernel.c")
 
 _lock = threading.Lock()
@@ -152,7 +152,7 @@ def _load() -> ctypes.CDLL | None:
             if lib.mlpk_abi() != _ABI:
                 raise RuntimeError(f"stale library {path}: ABI {lib.mlpk_abi()} != {_ABI}")
             vp, i, L, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_double
-            lib.mlpk_create.argtypes = [i, vp, i, i, L, vp, vp, d, i]
+            lib.mlpk_create.argtypes = [i, vp, i, d, i, L, vp, vp, d, i]
             lib.mlpk_create.restype = vp
             lib.mlpk_destroy.argtypes = [vp]
             lib.mlpk_destroy.restype = None
@@ -341,15 +341,16 @@ def assignment_bound(rows: np.ndarray, rows_sq: np.ndarray, ids: np.ndarray, x: 
 class MLPKernel:
     """Energy and gradient of an MLP cross-entropy loss for K parameter vectors at once.
 
-    widths: [d0, d1, ..., dL] (d0 inputs, dL classes); activation: 'tanh', 'sigmoid' or
-    'relu' after every layer but the last; bias: biases on or off; X: (N, d0) data;
+    widths: [d0, d1, ..., dL] (d0 inputs, dL classes); activation: 'tanh', 'sigmoid', 'relu' or
+    'softplus' (log(1 + exp(beta x)) / beta, beta = ``sharpness``, which softplus needs and the
+    others refuse) after every layer but the last; bias: biases on or off; X: (N, d0) data;
     y: (N,) integer labels in [0, dL); lam: weight of ||w||^2; threads: threads over walkers
     (results do not depend on it); chunk: samples per cache block (0: automatic; results
     depend on it at the 1e-16 level, not on K or threads).
     """
 
     def __init__(self, widths: Sequence[int], activation: str, bias: bool, X: Any, y: Any,
-                 lam: float, threads: int = 1, chunk: int = 0) -> None:
+                 lam: float, threads: int = 1, chunk: int = 0, sharpness: float | None = None) -> None:
         lib = _load()
         if lib is None:
             raise RuntimeError(f"MLP kernel unavailable: {_state['reason']}")
@@ -358,6 +359,11 @@ class MLPKernel:
             raise ValueError(f"widths must be 2 to 33 positive integers, got {widths}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if (activation == "softplus") != (sharpness is not None):
+            raise ValueError(f"sharpness is the beta of softplus: give it with softplus only, got {sharpness!r} "
+                             f"with {activation}")
+        if sharpness is not None and not 0 < float(sharpness) < np.inf:
+            raise ValueError(f"sharpness must be a finite number > 0, got {sharpness}")
         X = np.ascontiguousarray(np.asarray(X, dtype=np.float64))
         y_in = np.asarray(y)
         if X.ndim != 2 or X.shape[1] != widths[0] or X.shape[0] < 1:
@@ -374,13 +380,14 @@ class MLPKernel:
             raise ValueError(f"lam must be finite, got {lam}")
         self.widths = tuple(widths)
         self.activation = activation
+        self.sharpness = None if sharpness is None else float(sharpness)
         self.bias = bool(bias)
         self.lam = lam
         self.threads = int(threads)
         self.X, self.y = X, y_arr
         self.n_samples = X.shape[0]
         wa = (ctypes.c_int * len(widths))(*widths)
-        h = lib.mlpk_create(len(widths) - 1, wa, ACTIVATIONS.index(activation), int(self.bias),
+        h = lib.mlpk_create(len(widths) - 1, wa, ACTIVATIONS.index(activation), self.sharpness or 1.0, int(self.bias),
                             X.shape[0], X.ctypes.data, y_arr.ctypes.data, lam, int(chunk))
         if not h:
             raise MemoryError("mlpk_create failed (out of memory)")
@@ -394,7 +401,7 @@ class MLPKernel:
 
     def __reduce__(self):  # rebuilt (and recompiled if need be) where it is unpickled
         return (MLPKernel, (self.widths, self.activation, self.bias, self.X, self.y, self.lam,
-                            self.threads, self._chunk_arg))
+                            self.threads, self._chunk_arg, self.sharpness))
 
     def __repr__(self) -> str:
         return (f"MLPKernel(widths={list(self.widths)}, activation={self.activation!r}, bias={self.bias}, "

@@ -21,11 +21,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------- numpy reference
 
+BETA = 3.0  # the softplus sharpness of these tests
+
+
+def sharpness(act):
+    """MLPKernel's sharpness option for ``act``: softplus needs it, the others refuse it."""
+    return {"sharpness": BETA} if act == "softplus" else {}
+
+
 def _act(name, z):
     if name == "tanh":
         return np.tanh(z)
     if name == "sigmoid":
         return 1.0 / (1.0 + np.exp(-z))
+    if name == "softplus":
+        return np.logaddexp(0.0, BETA * z) / BETA
     return np.maximum(z, 0.0)
 
 
@@ -34,6 +44,8 @@ def _dact(name, a):
         return 1.0 - a * a
     if name == "sigmoid":
         return a * (1.0 - a)
+    if name == "softplus":
+        return -np.expm1(-BETA * a)  # sigmoid(beta z) from a = softplus(z)
     return (a > 0).astype(float)
 
 
@@ -100,7 +112,7 @@ def test_matches_numpy_reference(widths, act, bias):
     N = 37
     X, y = problem(widths, N)
     lam = 1e-3
-    k = kernel.MLPKernel(widths, act, bias, X, y, lam)
+    k = kernel.MLPKernel(widths, act, bias, X, y, lam, **sharpness(act))
     assert k.n_params == n_params(widths, bias)
     w = np.random.default_rng(1).normal(size=(3, k.n_params))
     E, G = k.energy_gradient(w)
@@ -125,15 +137,17 @@ def test_chunked_and_odd_sizes(N, chunk):
         np.testing.assert_allclose(G[j], gr, rtol=1e-12, atol=1e-12 * np.abs(gr).max())
 
 
-def test_iris_like_size_and_large_logits():
-    # Iris shape; large weights push logits to hundreds: the log-sum-exp must stay stable
+@pytest.mark.parametrize("act", ["tanh", "softplus"])
+def test_iris_like_size_and_large_logits(act):
+    # Iris shape; large weights push logits to hundreds (softplus: beta z to about 1,000, beyond
+    # exp's range): the activation and the log-sum-exp must stay stable
     X, y = problem([4, 5, 3], 150, seed=3)
-    k = kernel.MLPKernel([4, 5, 3], "tanh", True, X, y, 1e-4)
+    k = kernel.MLPKernel([4, 5, 3], act, True, X, y, 1e-4, **sharpness(act))
     w = 60.0 * np.random.default_rng(4).normal(size=(4, k.n_params))
     E, G = k.energy_gradient(w)
     assert np.all(np.isfinite(E)) and np.all(np.isfinite(G))
     for j in range(4):
-        Er, gr = reference([4, 5, 3], "tanh", True, X, y, 1e-4, w[j])
+        Er, gr = reference([4, 5, 3], act, True, X, y, 1e-4, w[j])
         assert abs(E[j] - Er) <= 1e-12 * abs(Er)
         np.testing.assert_allclose(G[j], gr, rtol=1e-12, atol=1e-12 * np.abs(gr).max())
 
@@ -142,7 +156,7 @@ def test_iris_like_size_and_large_logits():
 def test_gradient_matches_finite_differences(act):
     widths = [3, 4, 3, 3]
     X, y = problem(widths, 29, seed=5)
-    k = kernel.MLPKernel(widths, act, True, X, y, 1e-2)
+    k = kernel.MLPKernel(widths, act, True, X, y, 1e-2, **sharpness(act))
     w0 = np.random.default_rng(6).normal(size=k.n_params)
     _, g = k.energy_gradient(w0)
     h = 1e-5
@@ -217,12 +231,13 @@ def test_empty_batch():
     assert E.shape == (0,) and G.shape == (0, k.n_params)
 
 
-def test_pickle_roundtrip():
+@pytest.mark.parametrize("act", ["tanh", "softplus"])
+def test_pickle_roundtrip(act):
     X, y = problem([4, 5, 3], 30)
-    k = kernel.MLPKernel([4, 5, 3], "tanh", True, X, y, 1e-4)
+    k = kernel.MLPKernel([4, 5, 3], act, True, X, y, 1e-4, **sharpness(act))
     k2 = pickle.loads(pickle.dumps(k))
     w = np.random.default_rng(10).normal(size=(2, k.n_params))
-    assert np.array_equal(k.energy_gradient(w)[1], k2.energy_gradient(w)[1])
+    assert k2.sharpness == k.sharpness and np.array_equal(k.energy_gradient(w)[1], k2.energy_gradient(w)[1])
 
 
 # --------------------------------------------------------------------------- validation
@@ -252,7 +267,10 @@ def test_bad_inputs_raise_value_error():
             k.energy_gradient(*args)
         assert "\n" not in str(info.value)
     with pytest.raises(ValueError):
-        kernel.MLPKernel([4, 5, 3], "softplus", True, X, y, 1e-4)
+        kernel.MLPKernel([4, 5, 3], "swish", True, X, y, 1e-4)
+    for act, beta in (("softplus", None), ("tanh", 10.0), ("softplus", 0.0), ("softplus", np.inf)):
+        with pytest.raises(ValueError, match="sharpness"):
+            kernel.MLPKernel([4, 5, 3], act, True, X, y, 1e-4, sharpness=beta)
     with pytest.raises(ValueError):
         kernel.MLPKernel([5, 5, 3], "tanh", True, X, y, 1e-4)
     with pytest.raises(ValueError):
@@ -346,13 +364,16 @@ def test_narrower_vector_builds(tmp_path, march):
         import numpy as np
         d = np.load({str(tmp_path / "in.npz")!r})
         assert kernel.available(), kernel.unavailable_reason()
-        k = kernel.MLPKernel({widths}, "sigmoid", True, d["X"], d["y"], 1e-3, chunk=16)
-        E, G = k.energy_gradient(d["w"], threads=2)
-        np.savez({str(tmp_path / "out.npz")!r}, E=E, G=G)
+        out = {{}}
+        for act, options in (("sigmoid", {{}}), ("softplus", {{"sharpness": {BETA}}})):
+            k = kernel.MLPKernel({widths}, act, True, d["X"], d["y"], 1e-3, chunk=16, **options)
+            out["E" + act], out["G" + act] = k.energy_gradient(d["w"], threads=2)
+        np.savez({str(tmp_path / "out.npz")!r}, **out)
     """, {"LANDSCAPE_KERNEL_MARCH": march, "LANDSCAPE_KERNEL_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr
     out = np.load(tmp_path / "out.npz")
-    for j in range(3):
-        Er, gr = reference(widths, "sigmoid", True, X, y, 1e-3, w[j])
-        assert abs(out["E"][j] - Er) <= 1e-12 * abs(Er)
-        np.testing.assert_allclose(out["G"][j], gr, rtol=1e-12, atol=1e-12 * np.abs(gr).max())
+    for act in ("sigmoid", "softplus"):
+        for j in range(3):
+            Er, gr = reference(widths, act, True, X, y, 1e-3, w[j])
+            assert abs(out["E" + act][j] - Er) <= 1e-12 * abs(Er)
+            np.testing.assert_allclose(out["G" + act][j], gr, rtol=1e-12, atol=1e-12 * np.abs(gr).max())
