@@ -65,7 +65,7 @@ class Energy:
         plain = loss_mod.is_plain(terms)
         if backend != "autograd" and plain and isinstance(model, MLP) and kernel.available():
             self._kernel = kernel.MLPKernel(model.widths, model.activation, model.bias, X, y, self.lam,
-                                            threads=threads)
+                                            threads=threads, sharpness=model.sharpness)
         elif backend == "kernel":
             reason = ("it evaluates cross-entropy + L2 only: use backend 'autograd' for this loss" if not plain
                       else "the kernel covers MLPs only" if not isinstance(model, MLP) else kernel.unavailable_reason())

@@ -15,6 +15,7 @@ A spec is plain data (:class:`MLP`, :class:`CNN`); its parameters live in one fl
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import asdict, dataclass
 from typing import Union
@@ -26,9 +27,12 @@ from torch.nn import functional as F
 
 import robustness
 
-ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}
-MODULES = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU}
-ROBUST_ACTIVATIONS = {"tanh": robustness.Tanh, "sigmoid": robustness.Sigmoid, "relu": robustness.ReLU}
+ACTIVATIONS = {"tanh": robustness.Tanh, "sigmoid": robustness.Sigmoid, "relu": robustness.ReLU,
+               "softplus": robustness.Softplus}
+"""Hidden-layer activations by name, as robustness layers (whose ``fn`` computes them)."""
+MODULES = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU, "softplus": nn.Softplus}
+DEFAULT_SHARPNESS = 10.0
+"""beta of softplus, log(1 + exp(beta x)) / beta, when none is given (ReLU is the limit beta -> inf)."""
 
 
 @dataclass(frozen=True)
@@ -72,15 +76,46 @@ def _integers(name: str, values) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-def _check_options(activation: str, bias: bool) -> None:
+def _check_options(activation: str, bias: bool, sharpness: float | None) -> float | None:
+    """Checks the activation options; returns the sharpness (DEFAULT_SHARPNESS for softplus if None)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
     if not isinstance(bias, bool):
         raise ValueError(f"bias must be true or false, got {bias!r}")
+    if activation != "softplus":
+        if sharpness is not None:
+            raise ValueError(f"sharpness is the beta of softplus; {activation} has none: drop it or use softplus")
+        return None
+    if sharpness is None:
+        return DEFAULT_SHARPNESS
+    if isinstance(sharpness, bool) or not isinstance(sharpness, numbers.Real) or not 0 < sharpness < math.inf:
+        raise ValueError(f"sharpness must be a finite number > 0, got {sharpness!r}")
+    return float(sharpness)
 
 
 class _FlatParameters:
-    """What every spec shares: a flat vector laid out as ``blocks()``."""
+    """What every spec shares: a flat vector laid out as ``blocks()``, hidden units ``activation``
+    (with ``sharpness`` for softplus)."""
+
+    activation: str
+    sharpness: float | None
+
+    def activation_layer(self) -> robustness.network.Layer:
+        """The hidden activation as a robustness layer; its ``fn`` computes it."""
+        layer = ACTIVATIONS[self.activation]
+        return layer() if self.sharpness is None else layer(self.sharpness)
+
+    def _activation_module(self) -> nn.Module:
+        module = MODULES[self.activation]
+        return module() if self.sharpness is None else module(self.sharpness, robustness.network.SOFTPLUS_THRESHOLD)
+
+    def _spec_dict(self, **lists) -> dict:
+        """kind, fields and ``lists`` (tuples as lists); sharpness only where it applies, so that the
+        specs of other activations read as they did before softplus."""
+        d = {"kind": self.kind, **asdict(self), **lists}
+        if d["sharpness"] is None:
+            del d["sharpness"]
+        return d
 
     def blocks(self) -> list[Block]:
         raise NotImplementedError
@@ -97,17 +132,19 @@ class _FlatParameters:
 @dataclass(frozen=True)
 class MLP(_FlatParameters):
     """Multi-layer perceptron: ``widths`` = (inputs, hidden..., classes); ``activation`` on hidden
-    layers (default tanh, as in the GMIN/OPTIM MLP potential); the output layer is linear (logits)."""
+    layers (default tanh, as in the GMIN/OPTIM MLP potential; softplus takes ``sharpness``, beta,
+    default 10); the output layer is linear (logits)."""
 
     widths: tuple[int, ...]
     activation: str = "tanh"
     bias: bool = True
+    sharpness: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", _integers("MLP widths", self.widths))
         if len(self.widths) < 2 or min(self.widths) < 1:
             raise ValueError(f"MLP widths must be at least (inputs, classes), all positive; got {self.widths}")
-        _check_options(self.activation, self.bias)
+        object.__setattr__(self, "sharpness", _check_options(self.activation, self.bias, self.sharpness))
 
     kind = "mlp"
 
@@ -151,7 +188,7 @@ class MLP(_FlatParameters):
 
     def forward(self, w: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         """Logits (K, N, C) for parameters ``w`` (K, P) and inputs ``X`` (N, D)."""
-        act = ACTIVATIONS[self.activation]
+        act = self.activation_layer().fn
         h = X
         layers = self.layers(w)
         for l, (W, b) in enumerate(layers):
@@ -165,12 +202,11 @@ class MLP(_FlatParameters):
     def to_network(self, w: np.ndarray | torch.Tensor) -> robustness.Network:
         """The K networks of ``w`` (K, P) as one batched :class:`robustness.Network` (for bounds)."""
         w = _as_batch(w, self.n_params)
-        act = ROBUST_ACTIVATIONS[self.activation]
         layers: list = []
         for l, (W, b) in enumerate(self.layers(w)):
             layers.append(robustness.Linear(W.transpose(1, 2), b))
             if l < len(self.widths) - 2:
-                layers.append(act())
+                layers.append(self.activation_layer())
         return robustness.Network(tuple(layers), (self.n_inputs,))
 
     def to_module(self, w: np.ndarray | torch.Tensor) -> nn.Sequential:
@@ -186,7 +222,7 @@ class MLP(_FlatParameters):
                     lin.bias.copy_(b[0])
             mods.append(lin)
             if l < len(layers) - 1:
-                mods.append(MODULES[self.activation]())
+                mods.append(self._activation_module())
         return nn.Sequential(*mods)
 
     def from_module(self, module: nn.Module) -> np.ndarray:
@@ -206,14 +242,15 @@ class MLP(_FlatParameters):
         return torch.cat(parts).to(torch.float64).numpy().copy()
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, **asdict(self), "widths": list(self.widths)}
+        return self._spec_dict(widths=list(self.widths))
 
 
 @dataclass(frozen=True)
 class CNN(_FlatParameters):
     """Small CNN for images ``input_shape`` = (C, H, W): per entry of ``channels`` a k x k
     convolution (stride 1, 'same' padding) + activation + ``pool`` x ``pool`` average pooling,
-    then a dense layer to ``n_classes`` logits. Default: one layer of 8 channels, k=3, pool 2."""
+    then a dense layer to ``n_classes`` logits. Default: one layer of 8 channels, k=3, pool 2;
+    ``activation`` and ``sharpness`` as in :class:`MLP`."""
 
     input_shape: tuple[int, int, int]
     n_classes: int
@@ -222,6 +259,7 @@ class CNN(_FlatParameters):
     pool: int = 2
     activation: str = "tanh"
     bias: bool = True
+    sharpness: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", _integers("CNN input_shape", self.input_shape))
@@ -230,7 +268,7 @@ class CNN(_FlatParameters):
             raise ValueError(f"CNN input_shape must be (C, H, W), got {self.input_shape}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"CNN kernel_size must be odd ('same' padding), got {self.kernel_size}")
-        _check_options(self.activation, self.bias)
+        object.__setattr__(self, "sharpness", _check_options(self.activation, self.bias, self.sharpness))
         h, wd = self.input_shape[1:]
         for _ in self.channels:
             h, wd = h // self.pool, wd // self.pool
@@ -282,7 +320,7 @@ class CNN(_FlatParameters):
 
     def _single(self, w: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         views = {b.name: w[b.offset:b.offset + b.size].reshape(b.shape) for b in self.blocks()}
-        act = ACTIVATIONS[self.activation]
+        act = self.activation_layer().fn
         h = X.reshape(X.shape[0], *self.input_shape)
         for l in range(len(self.channels)):
             h = F.conv2d(h, views[f"conv{l}.weight"], views.get(f"conv{l}.bias"), padding=self.kernel_size // 2)
@@ -299,11 +337,11 @@ class CNN(_FlatParameters):
         taking images of shape ``input_shape``."""
         w = _as_batch(w, self.n_params)
         views = {b.name: b.view(w) for b in self.blocks()}
-        act = ROBUST_ACTIVATIONS[self.activation]
         pad = (self.kernel_size // 2,) * 2
         layers: list = []
         for l in range(len(self.channels)):
-            layers += [robustness.Conv2d(views[f"conv{l}.weight"], views.get(f"conv{l}.bias"), padding=pad), act(),
+            layers += [robustness.Conv2d(views[f"conv{l}.weight"], views.get(f"conv{l}.bias"), padding=pad),
+                       self.activation_layer(),
                        robustness.AvgPool2d((self.pool, self.pool))]
         layers += [robustness.Flatten(), robustness.Linear(views["W"].transpose(1, 2), views.get("b"))]
         return robustness.Network(tuple(layers), self.input_shape)
@@ -321,7 +359,7 @@ class CNN(_FlatParameters):
                 conv.weight.copy_(views[f"conv{l}.weight"])
                 if self.bias:
                     conv.bias.copy_(views[f"conv{l}.bias"])
-            mods += [conv, MODULES[self.activation](), nn.AvgPool2d(self.pool)]
+            mods += [conv, self._activation_module(), nn.AvgPool2d(self.pool)]
             cin = c
         lin = nn.Linear(self._flat_features(), self.n_classes, bias=self.bias, dtype=torch.float64)
         with torch.no_grad():
@@ -345,8 +383,7 @@ class CNN(_FlatParameters):
         return w
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return {"kind": self.kind, **d, "input_shape": list(self.input_shape), "channels": list(self.channels)}
+        return self._spec_dict(input_shape=list(self.input_shape), channels=list(self.channels))
 
 
 Model = Union[MLP, CNN]

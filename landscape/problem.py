@@ -43,11 +43,12 @@ class Problem:
     @classmethod
     def create(cls, data: str | data_mod.DataSpec = "iris", hidden: tuple[int, ...] = (5,), activation: str = "tanh",
                bias: bool = True, arch: str = "mlp", channels: tuple[int, ...] = (8,), lam: float = 1e-4,
-               sensitivity: dict | None = None, **data_options) -> "Problem":
+               sensitivity: dict | None = None, sharpness: float | None = None, **data_options) -> "Problem":
         """A problem whose model fits the data: an MLP (inputs, *hidden, classes) or a CNN with
-        ``channels`` for image data. The loss is cross-entropy + ``lam`` ||w||^2, plus a
-        :class:`landscape.loss.Sensitivity` term of ``sensitivity`` (keys weight, eps, and optionally
-        method, space) when given. ``data_options`` go to :class:`landscape.data.DataSpec`."""
+        ``channels`` for image data, ``sharpness`` the beta of softplus (default 10). The loss is
+        cross-entropy + ``lam`` ||w||^2, plus a :class:`landscape.loss.Sensitivity` term of
+        ``sensitivity`` (keys weight, eps, and optionally method, space) when given.
+        ``data_options`` go to :class:`landscape.data.DataSpec`."""
         if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
             raise ValueError(f"lam must be a number, got {lam!r}")
         if sensitivity is not None and not isinstance(sensitivity, dict):
@@ -59,11 +60,12 @@ class Problem:
         spec = data if isinstance(data, data_mod.DataSpec) else data_mod.DataSpec(name=data, **data_options)
         ds = data_mod.load(spec)
         if arch == "mlp":
-            model: models.Model = models.MLP((ds.n_features, *hidden, ds.n_classes), activation, bias)
+            model: models.Model = models.MLP((ds.n_features, *hidden, ds.n_classes), activation, bias, sharpness)
         elif arch == "cnn":
             if ds.image_shape is None:
                 raise ValueError(f"a CNN needs image data; {spec.name!r} is tabular: use --arch mlp")
-            model = models.CNN(ds.image_shape, ds.n_classes, tuple(channels), activation=activation, bias=bias)
+            model = models.CNN(ds.image_shape, ds.n_classes, tuple(channels), activation=activation, bias=bias,
+                               sharpness=sharpness)
         else:
             raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
         return cls(spec, model, (*loss_mod.default_loss(lam), *extra), ds.sha256)

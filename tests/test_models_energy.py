@@ -5,7 +5,7 @@ import torch
 from landscape import models
 from landscape.energy import Energy
 
-ACTS = ["tanh", "sigmoid", "relu"]
+ACTS = ["tanh", "sigmoid", "relu", "softplus"]
 
 
 def small_problem(arch, act, bias, seed=0, n=23):
@@ -111,14 +111,17 @@ def test_energy_rejects_bad_input(iris):
         model.to_module(np.zeros(5))
 
 
-def test_kernel_hvp_and_hessian_match_autograd(iris):
-    model = models.MLP((4, 5, 3))
+@pytest.mark.parametrize("act", ["tanh", "softplus"])
+def test_kernel_hvp_and_hessian_match_autograd(iris, act):
+    model = models.MLP((4, 5, 3), act)
     fast = Energy(model, iris.X_train, iris.y_train, lam=1e-4)
     if fast.backend != "kernel":
         pytest.skip("compiled kernel unavailable")
     exact = Energy(model, iris.X_train, iris.y_train, lam=1e-4, backend="autograd")
     rng = np.random.default_rng(4)
     w, v = rng.normal(size=(3, 43)), rng.normal(size=(3, 43))
+    for a, b in zip(fast.energy_gradient(w), exact.energy_gradient(w)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(fast.hvp(w, v), exact.hvp(w, v), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(fast.hessian(w[0]), exact.hessian(w[0]), rtol=1e-6, atol=1e-8)
 
@@ -133,3 +136,48 @@ def test_cnn_channels_must_be_whole_numbers():
     with pytest.raises(ValueError, match="whole numbers"):
         models.CNN((1, 8, 8), 10, channels=(3.5,))
     assert models.MLP((4, 5.0, 3)).widths == (4, 5, 3)
+
+
+def test_softplus_sharpness_in_the_spec():
+    """softplus(x) = log(1 + exp(beta x)) / beta with beta = sharpness (default 10), stored only for
+    softplus: a spec dict of another activation (as older files hold them) reads as before."""
+    model = models.MLP((2, 3, 2), "softplus", sharpness=4.0)
+    w = np.random.default_rng(3).normal(size=(1, model.n_params)) * 30  # beta z far beyond exp's range
+    X = torch.tensor([[0.5, -1.0], [20.0, 3.0], [-40.0, 7.0]], dtype=torch.float64)
+    (W0, b0), (W1, b1) = [(W[0].numpy(), b[0].numpy()) for W, b in model.layers(torch.from_numpy(w))]
+    hidden = np.logaddexp(0.0, 4.0 * (X.numpy() @ W0 + b0)) / 4.0
+    np.testing.assert_allclose(model.forward(torch.from_numpy(w), X)[0].numpy(), hidden @ W1 + b1, rtol=1e-13,
+                               atol=1e-13)
+    assert models.MLP((2, 3, 2), "softplus").sharpness == models.DEFAULT_SHARPNESS == 10.0
+    assert models.from_dict(model.to_dict()) == model and model.to_dict()["sharpness"] == 4.0
+    old = {"kind": "mlp", "widths": [4, 5, 3], "activation": "tanh", "bias": True}
+    assert models.from_dict(old).to_dict() == old
+    cnn = models.CNN((1, 6, 6), 3, (2,), activation="softplus", sharpness=2)
+    assert models.from_dict(cnn.to_dict()) == cnn and cnn.sharpness == 2.0
+    for kwargs, message in ((dict(activation="tanh", sharpness=10.0), "sharpness is the beta of softplus"),
+                            (dict(activation="softplus", sharpness=0.0), "finite number > 0"),
+                            (dict(activation="softplus", sharpness=float("inf")), "finite number > 0"),
+                            (dict(activation="softplus", sharpness="5"), "finite number > 0")):
+        with pytest.raises(ValueError, match=message):
+            models.MLP((4, 5, 3), **kwargs)
+
+
+def test_softplus_units_have_no_sign_flip_symmetry():
+    """Relabelling softplus units leaves E unchanged; negating one (a symmetry for tanh) does not."""
+    model, E, rng = small_problem("mlp", "softplus", True)
+    (group, *_) = model.unit_groups()
+    assert not group.odd
+    w = rng.normal(size=model.n_params)
+    swapped, flipped = w.copy(), w.copy()
+    for part in (group.incoming, group.outgoing):
+        swapped[part[[0, 1]].ravel()] = w[part[[1, 0]].ravel()]
+        flipped[part[0]] = -w[part[0]]
+    assert E(swapped)[0] == pytest.approx(E(w)[0], rel=1e-13)
+    assert abs(E(flipped)[0] - E(w)[0]) > 1e-3
+
+
+def test_the_kernel_covers_every_activation():
+    """Energy hands every MLP to the kernel when it is available, whatever its activation."""
+    from landscape import kernel
+    assert tuple(models.ACTIVATIONS) == kernel.ACTIVATIONS
+
