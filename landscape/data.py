@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 SOURCES = ("iris", "digits", "csv", "npz", "mnist")
+BUILT_IN = ("iris", "digits")  # bundled with scikit-learn: no path
 SCALINGS = ("auto", "standardize", "unit", "none")
 
 
@@ -75,6 +76,8 @@ class DataSpec:
             raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         if self.name in ("csv", "npz", "mnist") and not self.path:
             raise ValueError(f"dataset {self.name!r} needs a path (--data-path)")
+        if self.name in BUILT_IN and self.path is not None:
+            raise ValueError(f"{self.name} ships with scikit-learn; drop --data-path or give --data csv|npz|mnist")
         if self.name == "csv" and not self.label_column:
             raise ValueError("a csv dataset needs label_column: the name of the column holding the class")
         if self.limit is not None and self.limit < 2:
@@ -161,6 +164,40 @@ def load(spec: DataSpec | str = "iris", **kwargs) -> Dataset:
                    tuple(str(c) for c in classes), idx_train.astype(np.int64), idx_test.astype(np.int64))
 
 
+def source_for_path(path: str | os.PathLike) -> str:
+    """The source a data path holds, told from its name: a directory, an IDX file (a name with
+    ``idx`` or ending in ``.gz``) or an ``.npz`` holding ``x_train`` and ``y_train`` (Keras's
+    mnist.npz) -> 'mnist'; ``.csv`` -> 'csv'; another ``.npz`` -> 'npz'. ValueError otherwise."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"data path must be text, got {path!r}")
+    path = os.path.expanduser(os.fspath(path))
+    name = os.path.basename(os.path.normpath(path)).lower()
+    if os.path.isdir(path):
+        return "mnist"
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith(".npz"):
+        return "mnist" if {"x_train", "y_train"} <= _npz_names(path) else "npz"
+    if _is_idx_name(name):
+        return "mnist"
+    raise ValueError(f"cannot tell the format of data path {path!r} from its name: give --data csv|npz|mnist")
+
+
+def _npz_names(path: str) -> set[str]:
+    """Names of the arrays in an .npz file; empty when it is missing or not an .npz file."""
+    if not zipfile.is_zipfile(path):
+        return set()
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return set(f.files)
+    except (OSError, ValueError):
+        return set()
+
+
+def _is_idx_name(name: str) -> bool:
+    return name.endswith(".gz") or "idx" in name
+
+
 def _read(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, tuple | None, float | None]:
     """Raw (X, y, image_shape, pixel_max) of a source."""
     if spec.name in ("iris", "digits"):
@@ -238,6 +275,9 @@ def _read_idx(path: str) -> np.ndarray:
 def _read_mnist(path: str) -> tuple[np.ndarray, np.ndarray]:
     """The training images (N, H, W) and labels of MNIST-format data: a directory of IDX files, or
     one .npz file with ``x_train`` and ``y_train`` (as Keras's ``mnist.npz`` holds them)."""
+    if os.path.isfile(path) and _is_idx_name(os.path.basename(path).lower()):
+        raise ValueError(f"{path} is one IDX file: give the directory holding the train-images and train-labels "
+                         f"IDX files (--data-path {os.path.dirname(path) or '.'})")
     if os.path.isfile(path):
         X, y = _read_npz(path, ("x_train", "y_train"))
     elif os.path.isdir(path):

@@ -136,3 +136,32 @@ def test_bad_input(tmp_path):
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(3))
     with pytest.raises(ValueError, match="magic"):
         data.load(data.DataSpec("mnist", path=str(tmp_path)))
+
+
+def test_source_told_from_the_path(tmp_path):
+    """A path names its format: .csv, .npz (Keras's mnist.npz layout: mnist), a folder or an IDX
+    file (mnist); any other name is refused in one line asking for the format."""
+    np.savez(tmp_path / "plain.npz", X=np.zeros((4, 2)), y=np.arange(4) % 2)
+    np.savez(tmp_path / "keras.npz", x_train=np.zeros((4, 2, 2)), y_train=np.arange(4) % 2)
+    (tmp_path / "table.CSV").write_text("a,label\n1,x\n")
+    for name, source in (("table.CSV", "csv"), ("plain.npz", "npz"), ("keras.npz", "mnist"), ("missing.npz", "npz"),
+                         (".", "mnist"), ("train-images-idx3-ubyte.gz", "mnist"), ("t10k-labels-idx1-ubyte", "mnist")):
+        assert data.source_for_path(tmp_path / name) == source, name
+    for name in ("data.txt", "data", "data.json"):
+        with pytest.raises(ValueError, match=r"^cannot tell the format .* give --data csv\|npz\|mnist$"):
+            data.source_for_path(tmp_path / name)
+    with pytest.raises(ValueError, match="data path must be text"):
+        data.source_for_path(3)
+
+
+def test_a_path_with_a_built_in_source_is_refused(tmp_path):
+    for name in ("iris", "digits"):
+        with pytest.raises(ValueError, match=f"^{name} ships with scikit-learn; drop --data-path or give --data"):
+            data.DataSpec(name, path=str(tmp_path / "d.csv"))
+
+
+def test_one_idx_file_as_mnist_path_names_its_folder(tmp_path):
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((3, 2, 2)))
+    with pytest.raises(ValueError, match="one IDX file: give the directory holding") as info:
+        data.load(data.DataSpec("mnist", path=str(tmp_path / "train-images-idx3-ubyte")))
+    assert str(info.value).endswith(f"(--data-path {tmp_path})")
