@@ -18,7 +18,7 @@
  *
  * Determinism: every walker is computed by one thread with the same code and the same
  * summation order, whatever K, the thread count or the alignment of the caller's rows;
- * no -ffast-math, elementary functions (exp, tanh) are our own vector polynomials, so the
+ * no -ffast-math, elementary functions (exp, tanh, log1p) are our own vector polynomials, so the
  * results do not depend on the libm/libmvec version either. Log of the softmax
  * normaliser: per lane, a running product of the sums s_n in [1, C], renormalised by its
  * binary exponent at every step (exact), and one libm log per lane at the end.
