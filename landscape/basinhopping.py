@@ -188,6 +188,10 @@ class _Walkers:
             _unpack_rng(r, packed)
 
 
+RELU_REFUSAL = ("ReLU minima sit on kinks where the gradient test cannot pass; use --activation softplus "
+                "(--sharpness B, default 10) for a smooth ReLU-like network")
+
+
 def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: int | None = None,
            minutes: float | None = None, seed: int = 0, resume: bool = False, threads: int = 1,
            processes: int = 1, progress: bool = True, command: str = "") -> SampleResult:
@@ -212,6 +216,8 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
         raise TypeError(f"problem must be a landscape.Problem (e.g. Problem.create('iris')), got {problem!r}")
     if not isinstance(settings, Settings):
         raise TypeError(f"settings must be a landscape.Settings (e.g. Settings(**options)), got {settings!r}")
+    if problem.model.activation == "relu":
+        raise ValueError(RELU_REFUSAL)
     if steps is None and minutes is None:
         raise ValueError("give a budget: steps (per walker) or minutes")
     if steps is not None and not (_is_int(steps) and steps >= 1):

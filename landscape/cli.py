@@ -25,7 +25,7 @@ import numpy as np
 
 from . import __version__
 from .basinhopping import HESSIAN_MODES, START_MODES, Settings, sample
-from .data import SCALINGS, SOURCES, DataSpec
+from .data import SCALINGS, SOURCES, DataSpec, source_for_path
 from .database import INTERRUPTED, Database, DatabaseError
 from .estimates import chao1
 from .models import ACTIVATIONS
@@ -33,7 +33,7 @@ from .problem import ARCHITECTURES, Problem
 from .scoring import METHODS, SPACES, SPLITS, score
 
 PROBLEM_KEYS = ("data", "data_path", "label_column", "scaling", "test_fraction", "split_seed", "limit", "arch",
-                "hidden", "channels", "activation", "bias", "lam")
+                "hidden", "channels", "activation", "sharpness", "bias", "lam")
 SAMPLER_KEYS = tuple(f.name for f in fields(Settings))
 RUN_KEYS = ("steps", "minutes", "seed", "threads", "processes")
 INTERRUPTED_EXIT = 130  # 128 + SIGINT
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hidden", type=int, nargs="+", help="hidden-layer widths of the MLP")
     g.add_argument("--channels", type=int, nargs="+", help="convolution channels of the CNN")
     g.add_argument("--activation", choices=tuple(ACTIVATIONS))
+    g.add_argument("--sharpness", type=float,
+                   help="beta of --activation softplus, log(1 + exp(beta x)) / beta (default 10; ReLU as beta -> inf)")
     g.add_argument("--no-bias", dest="bias", action="store_const", const=False)
     g.add_argument("--lam", type=float, help="L2 coefficient (> 0)")
     h = s.add_argument_group("sampler (defaults: landscape.Settings)")
@@ -195,10 +197,11 @@ def _score(args: argparse.Namespace) -> int:
 def _problem(o: dict) -> Problem:
     data_fields = {"data_path": "path", "label_column": "label_column", "scaling": "scaling",
                    "test_fraction": "test_fraction", "split_seed": "split_seed", "limit": "limit"}
-    spec = DataSpec(name=o.get("data", "iris"), **{v: o[k] for k, v in data_fields.items() if k in o})
+    name = o["data"] if "data" in o else source_for_path(o["data_path"]) if "data_path" in o else "iris"
+    spec = DataSpec(name=name, **{v: o[k] for k, v in data_fields.items() if k in o})
     return Problem.create(spec, hidden=o.get("hidden", (5,)), activation=o.get("activation", "tanh"),
                           bias=o.get("bias", True), arch=o.get("arch", "mlp"), channels=o.get("channels", (8,)),
-                          lam=o.get("lam", 1e-4))
+                          lam=o.get("lam", 1e-4), sharpness=o.get("sharpness"))
 
 
 def summary(db: Database, lowest: int = 10) -> dict:
