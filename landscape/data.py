@@ -325,3 +325,8 @@ def _split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, 
     stratify = y if counts.min() >= 2 and round(test_fraction * len(y)) >= len(counts) else None
     tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=stratify)
     return np.sort(tr), np.sort(te)
+
+
+def eps_unit(scaling: str) -> str:
+    """What an input perturbation eps is measured in for data of ``scaling`` (as loaded)."""
+    return {"standardize": "standardised features", "unit": "[0, 1] pixels"}.get(scaling, "raw features")
