@@ -413,3 +413,22 @@ def _as_row(w: np.ndarray | torch.Tensor, n_params: int) -> torch.Tensor:
     if t.shape[1] != n_params:
         raise ValueError(f"parameter vector has {t.shape[1]} entries, the model needs {n_params}")
     return t
+
+
+class Preprocess(nn.Module):
+    """Raw inputs (N, ...) to network inputs (N, D): trailing dimensions flattened, then
+    (x - shift) / scale with ``shift`` and ``scale`` (D,) of the dataset (float64)."""
+
+    def __init__(self, shift: np.ndarray, scale: np.ndarray):
+        super().__init__()
+        self.register_buffer("shift", torch.as_tensor(np.asarray(shift, dtype=np.float64)))
+        self.register_buffer("scale", torch.as_tensor(np.asarray(scale, dtype=np.float64)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float64)
+        return (x.reshape(x.shape[0], -1) - self.shift) / self.scale
+
+
+def with_preprocessing(module: nn.Module, shift: np.ndarray, scale: np.ndarray) -> nn.Sequential:
+    """``module`` (on network inputs) preceded by :class:`Preprocess`: a network on raw inputs."""
+    return nn.Sequential(Preprocess(shift, scale), module)
