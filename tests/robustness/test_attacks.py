@@ -50,12 +50,19 @@ def test_pgd_direction_maximises_chosen_output(networks, digits):
 
 
 def test_attacks_batched_over_networks(networks, digits):
-    nets = [networks["mlp", act, True] for act in ("relu", "relu")]
+    """Two different networks of one architecture (trained and random): each batch member's attack
+    is its own network's, and the two differ, so a mix-up of members would show."""
+    nets = [networks["mlp", "relu", trained] for trained in (True, False)]
     batched = stack(nets)
     x, y = digits[1][:8], digits[3][:8]
-    xa = fgsm(batched, x, y, 0.05)
-    assert xa.shape == (2, 8, 64)
-    torch.testing.assert_close(xa[1], fgsm(nets[1], x, y, 0.05)[0])
+    for attack in (lambda net: fgsm(net, x, y, 0.05),
+                   lambda net: pgd(net, x, 0.05, labels=y, steps=5, random_start=False)):
+        xa = attack(batched)
+        assert xa.shape == (2, 8, 64)
+        own = [attack(net)[0] for net in nets]
+        assert not torch.equal(own[0], own[1])
+        for k in range(2):
+            torch.testing.assert_close(xa[k], own[k])
 
 
 @pytest.mark.parametrize("kind, act", [("mlp", "tanh"), ("mlp", "relu"), ("cnn", "sigmoid")])
