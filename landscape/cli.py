@@ -28,12 +28,14 @@ from .basinhopping import HESSIAN_MODES, START_MODES, Settings, sample
 from .data import SCALINGS, SOURCES, DataSpec, source_for_path
 from .database import INTERRUPTED, Database, DatabaseError
 from .estimates import chao1
+from .loss import SENSITIVITY_METHODS, describe, from_dicts
 from .models import ACTIVATIONS
 from .problem import ARCHITECTURES, Problem
 from .scoring import METHODS, SPACES, SPLITS, score
 
 PROBLEM_KEYS = ("data", "data_path", "label_column", "scaling", "test_fraction", "split_seed", "limit", "arch",
-                "hidden", "channels", "activation", "sharpness", "bias", "lam")
+                "hidden", "channels", "activation", "sharpness", "bias", "lam",
+                "sensitivity_weight", "sensitivity_eps", "sensitivity_method", "sensitivity_space")
 SAMPLER_KEYS = tuple(f.name for f in fields(Settings))
 RUN_KEYS = ("steps", "minutes", "seed", "threads", "processes")
 INTERRUPTED_EXIT = 130  # 128 + SIGINT
@@ -74,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beta of --activation softplus, log(1 + exp(beta x)) / beta (default 10; ReLU as beta -> inf)")
     g.add_argument("--no-bias", dest="bias", action="store_const", const=False)
     g.add_argument("--lam", type=float, help="L2 coefficient (> 0)")
+    g.add_argument("--sensitivity-weight", dest="sensitivity_weight", type=float,
+                   help="add weight x mean log-volume of the outputs' box over an l-inf ball to the loss "
+                        "(needs --sensitivity-eps)")
+    g.add_argument("--sensitivity-eps", dest="sensitivity_eps", type=float, help="radius of that ball (input units)")
+    g.add_argument("--sensitivity-method", dest="sensitivity_method", choices=SENSITIVITY_METHODS,
+                   help="bounds of that term (default ibp)")
+    g.add_argument("--sensitivity-space", dest="sensitivity_space", choices=SPACES,
+                   help="output space of that term (default logits)")
     h = s.add_argument_group("sampler (defaults: landscape.Settings)")
     h.add_argument("--walkers", type=int)
     h.add_argument("--temperature", type=float)
@@ -201,7 +211,16 @@ def _problem(o: dict) -> Problem:
     spec = DataSpec(name=name, **{v: o[k] for k, v in data_fields.items() if k in o})
     return Problem.create(spec, hidden=o.get("hidden", (5,)), activation=o.get("activation", "tanh"),
                           bias=o.get("bias", True), arch=o.get("arch", "mlp"), channels=o.get("channels", (8,)),
-                          lam=o.get("lam", 1e-4), sharpness=o.get("sharpness"))
+                          lam=o.get("lam", 1e-4), sharpness=o.get("sharpness"), sensitivity=_sensitivity(o))
+
+
+def _sensitivity(o: dict) -> dict | None:
+    """The sensitivity term's options among the problem options, or None when none is given."""
+    given = {k[len("sensitivity_"):]: v for k, v in o.items() if k.startswith("sensitivity_")}
+    if given and not {"weight", "eps"} <= set(given):
+        raise ValueError("a sensitivity term needs both --sensitivity-weight and --sensitivity-eps "
+                         "(sensitivity_weight and sensitivity_eps in [problem])")
+    return given or None
 
 
 def summary(db: Database, lowest: int = 10) -> dict:
@@ -246,7 +265,8 @@ def _inspect(args: argparse.Namespace) -> int:
     arch = (f"MLP {'-'.join(map(str, model['widths']))} ({model['activation']}, bias {model['bias']})"
             if model["kind"] == "mlp" else f"CNN channels {model['channels']} ({model['activation']})")
     print(f"{s['path']}: {arch}, {s['n_params']} parameters, data {p['data']['name']} "
-          f"(test fraction {p['data']['test_fraction']}, sha256 {p['data_sha256'][:12]}), lam {p['lam']}")
+          f"(test fraction {p['data']['test_fraction']}, sha256 {p['data_sha256'][:12]}), "
+          f"loss {describe(from_dicts(p['loss']))}")
     print(f"{s['n_minima']} minima, found {s['total_hits']} times ({s['found_once']} once, {s['found_twice']} twice; "
           f"Chao1 estimate of all minima: {s['chao1_minima']:.1f})")
     if s["lowest"]:

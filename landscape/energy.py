@@ -94,6 +94,8 @@ class Energy:
         self.nfev += w.shape[0]
         if self._kernel is not None:
             return self._kernel.energy_gradient(w)
+        if not len(w):  # no networks: nothing to bound, and a CNN's batched forward pass needs one
+            return np.zeros(0), np.zeros_like(w)
         wt = torch.from_numpy(w).clone().requires_grad_(True)
         E = self.energy_t(wt)
         (G,) = torch.autograd.grad(E.sum(), wt)
@@ -113,6 +115,8 @@ class Energy:
             _, G = self.energy_gradient(np.concatenate([w + h * v, w - h * v]))
             K = len(w)
             return (G[:K] - G[K:]) / (2 * h)
+        if not len(w):
+            return np.zeros_like(w)
         wt = torch.from_numpy(w).clone().requires_grad_(True)
         (G,) = torch.autograd.grad(self.energy_t(wt).sum(), wt, create_graph=True)
         (Hv,) = torch.autograd.grad((G * torch.from_numpy(v)).sum(), wt)

@@ -101,7 +101,12 @@ class L2(_Term):
 class Sensitivity(_Term):
     """``weight`` x mean over the points of the log-volume (nats) of the ``method`` box ('ibp' or
     'crown') of the outputs in ``space`` (see :mod:`robustness.sensitivity`) for inputs in the l-inf
-    ball of radius ``eps`` (input units). 'logit_diff' takes each point's true class as reference."""
+    ball of radius ``eps`` (input units). 'logit_diff' takes each point's true class as reference.
+
+    With 'ibp' the term is as smooth as the activation (tanh, sigmoid: smooth). 'crown' gives a
+    tighter box, but its relaxations switch lines as pre-activation bounds move and read tangent
+    points from a table, so the term has kinks and small jumps in w: minima do not converge tightly.
+    """
 
     weight: float
     eps: float
@@ -114,7 +119,8 @@ class Sensitivity(_Term):
         object.__setattr__(self, "eps", _number("sensitivity", "eps", self.eps, positive=True))
         for key, allowed in (("method", SENSITIVITY_METHODS), ("space", SPACES)):
             if getattr(self, key) not in allowed:
-                raise ValueError(f"unknown sensitivity {key} {getattr(self, key)!r}: choose one of {', '.join(allowed)}")
+                raise ValueError(f"unknown sensitivity {key} {getattr(self, key)!r}: "
+                                 f"choose one of {', '.join(allowed)}")
 
     def value(self, w: Tensor, data: LossData) -> Tensor:
         x = data.X.reshape(len(data.X), *data.model.input_shape)
@@ -163,6 +169,15 @@ def is_plain(terms: Sequence[Term]) -> bool:
 def evaluate(terms: Sequence[Term], w: Tensor, data: LossData) -> Tensor:
     """Energies (K,) of parameters ``w`` (K, P): the sum of the terms, differentiable in ``w``."""
     return sum(t.value(w, data) for t in terms)
+
+
+def describe(terms: Sequence[Term]) -> str:
+    """The loss in one line, e.g.
+    ``cross_entropy + l2(lam=0.0001) + sensitivity(weight=0.1, eps=0.05, method=ibp, space=logits)``."""
+    def one(t: Term) -> str:
+        options = ", ".join(f"{k}={v}" for k, v in asdict(t).items())
+        return f"{t.name}({options})" if options else t.name
+    return " + ".join(one(t) for t in terms)
 
 
 def to_dicts(terms: Sequence[Term]) -> list[dict]:
