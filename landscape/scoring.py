@@ -217,6 +217,7 @@ def _score(db: Database, r: _Request, progress: bool, command: str) -> ScoreResu
     parameters = dict(eps=r.eps, quantities=r.quantities, method=r.method, space=r.space, split=split,
                       n_points=result.n_points, aggregation=r.aggregation, verify_method=r.verify_method,
                       pgd=asdict(r.pgd), flatness=asdict(r.flatness))
+    _check_coords(db, np.unique(np.concatenate(todo)))
     rid = db.start_run(command, 0, parameters, {}, kind="score", counters=("computed",), swmr=False)
     status, computed = FAILED, 0
     try:
@@ -231,6 +232,13 @@ def _score(db: Database, r: _Request, progress: bool, command: str) -> ScoreResu
         db.save_run_state(rid, {"computed": computed}, {})
         db.end_run(rid, status)
     return result
+
+
+def _check_coords(db: Database, ids: np.ndarray, batch: int = 4096) -> None:
+    """Read the coordinates of ``ids`` (each chunk's checksum checked) before anything is written,
+    so that a damaged file is refused as it is."""
+    for a in range(0, len(ids), batch):
+        db.coords(ids[a:a + batch])
 
 
 def _splits(problem: Problem) -> dict[str, _Points]:
