@@ -2,12 +2,29 @@
 
 Data flow: data -> models -> energy -> minimize -> basinhopping -> database -> analysis.
 The Python API mirrors the ``landscape`` command: ``Problem.create(...)`` describes a loss,
-``sample(problem, path, Settings(...), steps=...)`` fills a database, ``Database(path)`` reads it.
+``sample(problem, path, Settings(...), steps=...)`` fills a database, ``Database(path)`` reads it,
+``score(path, eps)`` scores its minima. The names below are imported when first used (PEP 562),
+so ``import landscape`` and ``landscape --version`` do not import torch.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from .problem import Problem  # noqa: E402
-from .basinhopping import Settings, sample  # noqa: E402
-from .database import Database  # noqa: E402
+_PUBLIC = {"Problem": ".problem", "Settings": ".basinhopping", "sample": ".basinhopping", "Database": ".database",
+           "score": ".scoring"}
 
-__all__ = ["Problem", "Settings", "sample", "Database", "__version__"]
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'landscape' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
