@@ -41,7 +41,8 @@ import numbers
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+import warnings
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -50,21 +51,44 @@ from threadpoolctl import threadpool_limits
 from . import allocator, hessian, parallel
 from .database import COMPLETED, FAILED, INTERRUPTED, TIME_UP, Database, Minima
 from .energy import Energy
-from .identify import MinimaIndex, Point
-from .minimize import LBFGS
+from .identify import MinimaIndex, Point, tolerances
+from .minimize import LBFGS, minimize
 from .problem import Problem
 
 HESSIAN_MODES = ("auto", *hessian.MODES, "none")
 START_MODES = ("walker", "uniform")
 FULL_HESSIAN_MAX_P = 1000
+# what a run counts (uphill: steps whose quench reached another minimum, higher than the walker's, where the
+# temperature decides; abandoned: refinements given up after the time budget's grace period), stored with its CPU
+# and wall seconds
+SAMPLER_COUNTERS = ("steps", "quenches", "converged", "accepted", "uphill", "uphill_accepted", "new_minima",
+                    "saddles", "refinements", "abandoned", "nfev")
+AUTO = "auto"  # temperature set from the walkers' first minima
+AUTO_T_MINIMA = 1024  # at most this many walkers' minima set it
+GRACE_FRACTION, GRACE_MIN_SECONDS = 0.1, 5.0  # refinements may run this long past a time budget
+# a warning when the acceptance of uphill steps is outside these bounds, judged once the walkers took this many
+# adaptation windows on average and this many steps went uphill
+ACCEPTANCE_BOUNDS, JUDGE_AFTER_WINDOWS, JUDGE_MIN_UPHILL = (0.05, 0.95), 2, 100
+
+
+class SamplingWarning(UserWarning):
+    """A run that works but does not do what basin-hopping is for (e.g. every step accepted)."""
 
 
 @dataclass(frozen=True)
 class Settings:
     """Sampler settings (defaults in brackets are the field defaults).
 
-    walkers: K walkers advanced together. temperature: Metropolis T (nats). step: initial
-    maximum displacement per coordinate. adaptive: adapt the step toward target_acceptance every
+    walkers: K walkers advanced together. temperature: Metropolis T (nats), or 'auto': before the
+    run, walkers without a minimum are quenched and T is the median of |E_i - E_j| over the pairs
+    of the walkers' minima (their first ones in a new run, the current ones of resumed walkers; the
+    first 1,024 walkers) whose energies differ by more than two quench endpoints of one minimum can
+    (:func:`landscape.identify.tolerances`), so a step to a typical other minimum, uphill by about T,
+    is accepted with probability about 1/e whatever the landscape's energy scale; the run's
+    parameters record the number chosen (needs walkers >= 2). A run warns (:class:`SamplingWarning`)
+    when, after 2 adaptation windows per walker on average, more than 95% or fewer than 5% of its
+    uphill steps (to another, higher minimum; at least 100), the ones T decides, were accepted.
+    step: initial maximum displacement per coordinate. adaptive: adapt the step toward target_acceptance every
     adapt_every steps by adapt_factor, within [step_min, step_max]. reseed_after: steps without a
     new walker-best before a walker restarts from N(0, init_scale^2) weights. tol: RMS-gradient
     convergence of quenches; maxiter: their iteration cap; refine_tol: tolerance to which
@@ -80,7 +104,7 @@ class Settings:
     """
 
     walkers: int = 32
-    temperature: float = 0.01
+    temperature: float | str = 0.01
     step: float = 1.0
     adaptive: bool = True
     target_acceptance: float = 0.5
@@ -103,9 +127,12 @@ class Settings:
         numeric = {int: numbers.Integral, float: numbers.Real}  # NumPy numbers too
         for f in fields(self):
             v, want = getattr(self, f.name), type(f.default)
+            if f.name == "temperature" and isinstance(v, str) and v == AUTO:
+                continue
             ok = isinstance(v, numeric.get(want, want)) and not (want is not bool and isinstance(v, bool))
             if not ok:
-                raise ValueError(f"setting {f.name} must be {want.__name__}, got {type(v).__name__} {v!r}")
+                kind = "a number or 'auto'" if f.name == "temperature" else want.__name__
+                raise ValueError(f"setting {f.name} must be {kind}, got {type(v).__name__} {v!r}")
             if want is float and not math.isfinite(v):
                 raise ValueError(f"setting {f.name} must be a finite number, got {v!r}")
             object.__setattr__(self, f.name, want(v))  # plain Python values: the settings are stored as JSON
@@ -113,8 +140,11 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("temperature", "step", "tol", "refine_tol", "maxstep", "init_scale"):
-            if not getattr(self, name) > 0:
+            if getattr(self, name) != AUTO and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.temperature == AUTO and self.walkers < 2:
+            raise ValueError("temperature 'auto' is set from the spread of the walkers' minima: use walkers >= 2 "
+                             "or give a temperature")
         if not 0 < self.adapt_factor <= 1:
             raise ValueError(f"adapt_factor must be in (0, 1], got {self.adapt_factor}")
         if not 0 < self.target_acceptance < 1:
@@ -138,13 +168,18 @@ class Settings:
 
 @dataclass
 class SampleResult:
-    """What a run did: its id in the database, its counters, and the database's totals."""
+    """What a run did: its id in the database, its counters (``abandoned``: refinements given up
+    after the time budget's grace period), the database's totals, its status, how many seconds it
+    ran past its time budget (0 without one), and ``reason``: why the database holds no minimum
+    after the run (None when it holds some)."""
 
     run: int
     counters: dict
     n_minima: int
     lowest_energy: float
     status: str
+    overrun_seconds: float = 0.0
+    reason: str | None = None
 
 
 _WALKER_FIELDS = {
@@ -197,21 +232,62 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
            processes: int = 1, progress: bool = True, command: str = "") -> SampleResult:
     """Run basin-hopping on ``problem`` and store its minima in the database at ``path``.
 
-    Stops after ``steps`` basin-hopping steps per walker or ``minutes`` of wall time (whichever
-    comes first; one is required). At the time limit, quenches in flight are abandoned, but
-    refinements of points that may be new minima are finished, checked and stored: on Iris that
-    takes milliseconds; on digits with refinement to 1e-10 and the Lanczos check it took 11-13 s (a
-    5-s budget then stored 32 minima, where abandoning them stored none). ``resume`` continues the
-    walkers of the file's last run (as many as it had: ``settings.walkers`` is not used).
-    ``processes`` > 1 splits the walkers over that many worker processes of ``threads`` threads each
-    (:mod:`landscape.parallel`; Linux: needs the fork start method). NumPy's and SciPy's BLAS run on
-    ``threads`` threads during the run (idle OpenBLAS threads spin: with their default of one per
-    core, a one-thread run took 1.35 CPU-seconds a second, and two worker processes slowed each
-    other by a quarter). Sets the process's allocator to keep freed memory
-    (:mod:`landscape.allocator`). A new run whose walkers cannot fit in the available memory is
-    refused before the file is touched.
+    Stops after ``steps`` basin-hopping steps per walker or ``minutes`` of wall time from the call
+    (whichever comes first; one is required). At the time limit, quenches in flight are abandoned;
+    refinements of points that may be new minima get a grace period (10% of the budget, at least
+    5 s) to finish and be checked and stored, and those still running then are abandoned: the run
+    overruns its budget by at most the grace period and the energy or Hessian evaluation in
+    progress (``overrun_seconds``, ``counters['abandoned']``). ``resume`` continues the walkers of the
+    file's last run (as many as it had, with their random streams: ``settings.walkers`` and ``seed``
+    are not used, and the run records the seed of the run its walkers came from). ``processes`` > 1
+    splits the walkers over that many worker processes of ``threads`` threads each
+    (:mod:`landscape.parallel`; Linux: needs the fork start method). NumPy's and SciPy's BLAS and
+    torch run on ``threads`` threads during the run; torch's thread count is restored afterwards
+    (idle OpenBLAS threads spin, so their default of one per core would slow the run). The
+    process's allocator is left alone (the ``landscape`` command sets it: :mod:`landscape.allocator`).
+    Whatever is refused (a new run whose walkers cannot fit in the available memory, temperature
+    'auto' without two distinct minima) is refused before the file is written.
     """
-    # everything that can be refused is checked before the database file is created or opened
+    _check_arguments(problem, settings, steps, minutes, seed, threads, processes)
+    steps, minutes = (None if steps is None else int(steps)), (None if minutes is None else float(minutes))
+    seed, threads, processes = int(seed), int(threads), int(processes)  # numpy integers too (JSON in the file)
+    if resume and not os.path.exists(path):
+        raise ValueError(f"{path}: no database to resume; drop --resume")
+    energy = problem.energy(threads=threads)
+    if not resume:
+        _check_new_walkers(settings, problem.model.n_params, processes)
+    deadline = time.perf_counter() + 60.0 * minutes if minutes is not None else math.inf
+    grace = max(GRACE_MIN_SECONDS, GRACE_FRACTION * 60.0 * minutes) if minutes is not None else GRACE_MIN_SECONDS
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            walkers, seed = _start(path, problem, settings, seed, resume)
+            if processes > len(walkers.E):
+                raise ValueError(f"{processes} processes for {len(walkers.E)} walkers: give at least one walker per "
+                                 "process")
+            temperature = settings.temperature
+            if temperature == AUTO:
+                temperature = _auto_temperature(problem, energy, walkers, settings, threads)
+            plan = _Plan(problem, energy, replace(settings, temperature=temperature), _hessian_mode(settings, problem),
+                         seed, threads, processes, steps, deadline, grace)
+            with Database(path, problem, mode="a") as db:
+                params = {**asdict(plan.settings), "temperature_auto": settings.temperature == AUTO,
+                          "walkers": len(walkers.E), "steps": steps, "minutes": minutes, "threads": threads,
+                          "processes": processes, "resume": resume, "energy_backend": energy.backend,
+                          "hessian_used": plan.hessian_mode}
+                run_id, status, counters = _walk(plan, db, walkers, params, progress, command)
+                m = db.minima(coords=False)
+    finally:
+        torch.set_num_threads(torch_threads)
+    overrun = max(0.0, time.perf_counter() - deadline)
+    return SampleResult(run_id, counters, len(m), float(m.energy.min()) if len(m) else math.nan, status, overrun,
+                        None if len(m) else _why_empty(counters, settings))
+
+
+def _check_arguments(problem: Problem, settings: Settings, steps: int | None, minutes: float | None, seed: int,
+                     threads: int, processes: int) -> None:
+    """Refuse arguments of the wrong type or range (see :func:`sample`)."""
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a landscape.Problem (e.g. Problem.create('iris')), got {problem!r}")
     if not isinstance(settings, Settings):
@@ -231,80 +307,147 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
         raise ValueError("processes > 1 needs the fork start method (Linux); use processes = 1")
     if not (_is_int(seed) and seed >= 0):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    steps, minutes = (None if steps is None else int(steps)), (None if minutes is None else float(minutes))
-    seed, threads, processes = int(seed), int(threads), int(processes)  # numpy integers too (JSON in the file)
-    if resume and not os.path.exists(path):
-        raise ValueError(f"{path}: no database to resume; drop --resume")
-    energy = problem.energy(threads=threads)
-    if not resume and processes > settings.walkers:
+
+
+def _check_new_walkers(settings: Settings, P: int, processes: int) -> None:
+    """Refuse a new run with fewer walkers than processes, or whose walkers cannot fit in memory."""
+    if processes > settings.walkers:
         raise ValueError(f"{processes} processes for {settings.walkers} walkers: give at least one walker per process")
-    P = problem.model.n_params
     # a lower bound on a new run's memory: per walker and parameter, its 2 * memory 8-bit L-BFGS pairs and
     # six float64 (K, P) arrays (a 16,384-walker Iris run measured 1.6x it)
-    if not resume and (free := allocator.available_bytes()) is not None \
+    if (free := allocator.available_bytes()) is not None \
             and (need := settings.walkers * P * (2 * settings.memory + 48)) > free:
         raise ValueError(f"{settings.walkers} walkers of {P} parameters need at least {need / 2**30:.1f} GiB "
                          f"and {free / 2**30:.1f} GiB is available: use fewer walkers")
-    torch.set_num_threads(threads)
-    allocator.keep_freed_memory()
-    with threadpool_limits(limits=threads), Database(path, problem, mode="a") as db:
-        walkers = _start(db, P, settings, seed, resume)
-        stored = db.minima()  # read (and checksum-checked) before anything is written
-        K = len(walkers.E)
-        if processes > K:
-            raise ValueError(f"{processes} processes for {K} walkers: give at least one walker per process")
-        hessian_mode = settings.hessian
-        if hessian_mode == "auto":
-            hessian_mode = "full" if P <= FULL_HESSIAN_MAX_P else "lanczos"
-        shapes = {name: (a.shape, a.dtype, _WALKER_FIELDS[name]) for name, a in walkers.arrays().items()}
-        params = {**asdict(settings), "walkers": K, "steps": steps, "minutes": minutes, "threads": threads,
-                  "processes": processes, "resume": resume, "energy_backend": energy.backend,
-                  "hessian_used": hessian_mode}
-        run_id = db.start_run(command, seed, params, shapes)
-        bar = _progress(progress, K * steps if steps else None)
-        store = _Store(db, run_id, bar)
-        deadline = time.perf_counter() + 60.0 * minutes if minutes is not None else math.inf
-        budget = steps if steps is not None else np.iinfo(np.int64).max
-        status = FAILED
-        try:
-            if processes == 1:
-                sampler = _Sampler(problem, energy, settings, hessian_mode, walkers, stored, threads, store)
-                status = sampler.run(deadline, budget)
-                counters = sampler.totals()
-            else:
-                def make(part: dict[str, np.ndarray], out) -> _Sampler:  # called in a worker process
-                    w = _Walkers(len(part["energy"]), P, seed, settings)
-                    w.restore(part)
-                    return _Sampler(problem, problem.energy(threads=threads), settings, hessian_mode, w, stored,
-                                    threads, out)
-
-                status, counters = parallel.run(store, stored, lambda: _index(problem, energy, threads),
-                                                walkers.arrays(), processes, make, deadline, budget)
-        finally:
-            bar.close()
-            db.end_run(run_id, status)
-        m = db.minima(coords=False)
-    return SampleResult(run_id, counters, len(m), float(m.energy.min()) if len(m) else math.nan, status)
 
 
 def _is_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _start(db: Database, P: int, settings: Settings, seed: int, resume: bool) -> _Walkers:
-    """The walkers of the file's last run (``resume``), or ``settings.walkers`` new ones at
-    N(0, init_scale^2) weights drawn from their own streams."""
-    previous = db.runs()
-    if resume and not previous:
-        raise ValueError(f"{db.path} has no run to resume; drop --resume")
-    state = db.walker_state(previous[-1]["id"]) if resume else None
-    walkers = _Walkers(len(state["energy"]) if resume else settings.walkers, P, seed, settings)
-    if state is not None:
-        walkers.restore(state)
-    else:
+def _hessian_mode(s: Settings, problem: Problem) -> str:
+    """The Hessian check a run uses: 'auto' is 'full' up to FULL_HESSIAN_MAX_P parameters, else 'lanczos'."""
+    if s.hessian != "auto":
+        return s.hessian
+    return "full" if problem.model.n_params <= FULL_HESSIAN_MAX_P else "lanczos"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a run is given: its problem and energy, its settings (temperature a number), Hessian
+    mode, seed, threads and processes, step budget per walker (None: none), deadline (in
+    ``time.perf_counter()`` seconds; inf: none) and the grace (seconds) refinements get after it."""
+
+    problem: Problem
+    energy: Energy
+    settings: Settings
+    hessian_mode: str
+    seed: int
+    threads: int
+    processes: int
+    steps: int | None
+    deadline: float
+    grace: float
+
+    def sampler(self, energy: Energy, walkers: _Walkers, stored: Minima, out) -> _Sampler:
+        return _Sampler(self.problem, energy, self.settings, self.hessian_mode, walkers, stored, self.threads, out,
+                        self.grace)
+
+
+def _walk(plan: _Plan, db: Database, walkers: _Walkers, params: dict, progress: bool,
+          command: str) -> tuple[int, str, dict]:
+    """Start a run with ``params`` in ``db``, walk until the budget is spent, end the run; returns
+    its id, status and counters."""
+    stored = db.minima()  # read, and with the runs checksum-checked, before anything is written
+    db.runs()
+    K, P = len(walkers.E), plan.problem.model.n_params
+    shapes = {name: (a.shape, a.dtype, _WALKER_FIELDS[name]) for name, a in walkers.arrays().items()}
+    run_id = db.start_run(command, plan.seed, params, shapes,
+                          counters=(*SAMPLER_COUNTERS, "cpu_seconds", "wall_seconds"))
+    bar = _progress(progress, K * plan.steps if plan.steps else None)
+    store = _Store(db, run_id, bar, K, plan.settings)
+    budget = plan.steps if plan.steps is not None else np.iinfo(np.int64).max
+    status = FAILED
+    try:
+        if plan.processes == 1:
+            sampler = plan.sampler(plan.energy, walkers, stored, store)
+            status = sampler.run(plan.deadline, budget)
+            counters = sampler.totals()
+        else:
+            def make(part: dict[str, np.ndarray], out) -> _Sampler:  # called in a worker process
+                w = _Walkers(len(part["energy"]), P, plan.seed, plan.settings)
+                w.restore(part)
+                return plan.sampler(plan.problem.energy(threads=plan.threads), w, stored, out)
+
+            status, counters = parallel.run(store, stored, lambda: _index(plan.problem, plan.energy, plan.threads),
+                                            walkers.arrays(), plan.processes, make, plan.deadline, budget)
+    finally:
+        bar.close()
+        db.end_run(run_id, status)
+    return run_id, status, counters
+
+
+def _start(path: str, problem: Problem, settings: Settings, seed: int, resume: bool) -> tuple[_Walkers, int]:
+    """The walkers of the last run in the database at ``path`` and the seed of the run they came
+    from (``resume``), or ``settings.walkers`` new ones at N(0, init_scale^2) weights drawn from
+    their own streams and ``seed``."""
+    P = problem.model.n_params
+    if not resume:
+        walkers = _Walkers(settings.walkers, P, seed, settings)
         for k, r in enumerate(walkers.rngs):
             walkers.x[k] = r.normal(0.0, settings.init_scale, P)
-    return walkers
+        return walkers, seed
+    with Database(path, problem) as db:
+        previous = db.runs(kind="sample")
+        if not previous:
+            raise ValueError(f"{db.path} has no run to resume; drop --resume")
+        state = db.walker_state(previous[-1]["id"])
+    walkers = _Walkers(len(state["energy"]), P, seed, settings)
+    walkers.restore(state)
+    return walkers, _origin_seed(previous)
+
+
+def _origin_seed(runs: list[dict]) -> int:
+    """The seed of the newest run that drew its walkers (was not a resume): the one the last run's
+    walkers and random streams came from."""
+    return next((r["seed"] for r in reversed(runs) if not r["parameters"].get("resume")), runs[0]["seed"])
+
+
+def _auto_temperature(problem: Problem, energy: Energy, walkers: _Walkers, s: Settings, threads: int) -> float:
+    """Temperature 'auto' (see :class:`Settings`): quench the walkers without a minimum (those that
+    converge start the run from the minimum reached) and return the median |E_i - E_j| over the
+    pairs of walkers' minima that are told apart by energy (beyond :func:`landscape.identify.tolerances`)."""
+    fresh = np.flatnonzero(np.isinf(walkers.E))
+    E = walkers.E.copy()
+    if len(fresh):
+        r = minimize(energy.energy_gradient, walkers.x[fresh], tol=s.tol, maxiter=s.maxiter, memory=s.memory,
+                     maxstep=s.maxstep, threads=threads)
+        walkers.x[fresh[r.converged]] = r.x[r.converged]
+        E[fresh] = np.where(r.converged, r.energy, np.inf)
+    E = E[np.isfinite(E)][:AUTO_T_MINIMA]
+    if len(E) < 2:
+        raise ValueError(f"temperature 'auto' needs the minima of two walkers, and {len(E)} of {len(walkers.E)} "
+                         f"quenches converged to RMS gradient <= tol ({s.tol:g}) within maxiter ({s.maxiter}) "
+                         "iterations: raise tol or maxiter, or give a temperature")
+    # a pair closer in energy than two quench endpoints (RMS gradient tol) of one minimum may be one: no gap
+    p = Point(float(np.abs(E).max()), walkers.x[0], s.tol * math.sqrt(walkers.x.shape[1]))
+    gaps = np.abs(E[:, None] - E[None, :])[np.triu_indices(len(E), 1)]
+    gaps = gaps[gaps > tolerances(p, p, 2.0 * problem.lam)[0]]
+    if not len(gaps):
+        raise ValueError(f"temperature 'auto': the {len(E)} walkers' minima all have one energy, which sets no "
+                         "scale: use more walkers, or give a temperature")
+    return float(np.median(gaps))
+
+
+def _why_empty(c: dict, s: Settings) -> str:
+    """Why a run left the database without a minimum, from its counters ``c``."""
+    if not c["quenches"]:
+        return "no quench finished within the budget: give more minutes (--minutes) or steps (--steps)"
+    if not c["converged"]:
+        return (f"none of the {c['quenches']} quenches converged to RMS gradient <= tol ({s.tol:g}) within maxiter "
+                f"({s.maxiter}) iterations: raise tol or maxiter (--tol, --maxiter), or check the data")
+    return (f"{c['converged']} quenches converged but none was stored ({c['saddles']} saddles, "
+            f"{c.get('abandoned', 0)} refinements abandoned at the time limit): give a longer budget")
 
 
 def _index(problem: Problem, energy: Energy, threads: int, stored: Minima | None = None) -> MinimaIndex:
@@ -315,12 +458,15 @@ def _index(problem: Problem, energy: Energy, threads: int, stored: Minima | None
 
 class _Store:
     """Where a run reports to: the database and the progress bar. Repeat finds are counted in
-    memory and written with the walker state, at most about once a second."""
+    memory and written with the walker state, at most about once a second. It warns once if the
+    acceptance ratio of the run's ``K`` walkers shows the temperature does not fit (see
+    :func:`_acceptance_warning`)."""
 
-    def __init__(self, db: Database, run_id: int, bar):
-        self.db, self.run_id, self.bar = db, run_id, bar
+    def __init__(self, db: Database, run_id: int, bar, K: int, settings: Settings):
+        self.db, self.run_id, self.bar, self.K, self.settings = db, run_id, bar, K, settings
         self.pending_hits: list[int] = []
         self.last_save = time.perf_counter()
+        self.warned = False
 
     def new_minimum(self, E: float, x: np.ndarray, grad: np.ndarray, grad_rms: float, eig: np.ndarray, walker: int,
                     step: int) -> int:
@@ -338,6 +484,9 @@ class _Store:
         """After a batch of quenches: ``finished`` steps done, the totals so far; ``walkers``
         gives the walker state, saved with the counters about once a second."""
         self.bar.update(finished)
+        if not self.warned and (message := _acceptance_warning(counters, self.K, self.settings)):
+            warnings.warn(message, SamplingWarning, stacklevel=2)
+            self.warned = True
         if time.perf_counter() - self.last_save > 1.0:
             self.save(counters, walkers())
         self.db.flush()
@@ -353,19 +502,41 @@ class _Store:
         self.last_save = time.perf_counter()
 
 
+def _acceptance_warning(c: dict, K: int, s: Settings) -> str | None:
+    """What the counters ``c`` of K walkers say about the temperature: once the walkers took 2
+    adaptation windows of steps on average and 100 steps went uphill to another minimum, a line when
+    more than 95% of those were accepted (the walk is a random search) or fewer than 5% (the walkers
+    stay put); else None, and always for start 'uniform' (no Metropolis test). Only uphill steps
+    count: the others are accepted whatever T is."""
+    uphill = c.get("uphill", 0)  # absent until a worker process reports
+    if s.start == "uniform" or c["steps"] < JUDGE_AFTER_WINDOWS * s.adapt_every * K or uphill < JUDGE_MIN_UPHILL:
+        return None
+    ratio = c["uphill_accepted"] / uphill
+    if ACCEPTANCE_BOUNDS[0] <= ratio <= ACCEPTANCE_BOUNDS[1]:
+        return None
+    head = (f"{c['uphill_accepted']} of {uphill} steps uphill to another minimum were accepted: temperature "
+            f"{s.temperature:g} is ")
+    if ratio > ACCEPTANCE_BOUNDS[1]:
+        return head + ("large against the energy differences between minima, so the walk is a random search, not "
+                       "basin-hopping; use temperature 'auto' (--temperature auto) or a lower one")
+    return head + ("small against the energy differences between minima, so the walkers stay where they are; use "
+                   "temperature 'auto' (--temperature auto) or a higher one")
+
+
 class _Sampler:
     """The basin-hopping loop of a set of walkers, reporting to ``out`` (a :class:`_Store`, or a
     worker's outbox in :mod:`landscape.parallel`, with the same methods). Its index holds the
-    ``stored`` minima (ids = rows) and the new ones ``out`` gives ids to."""
+    ``stored`` minima (ids = rows) and the new ones ``out`` gives ids to. Refinements may run
+    ``grace`` seconds past the end of the budget."""
 
     def __init__(self, problem: Problem, energy: Energy, s: Settings, hessian_mode: str, walkers: _Walkers,
-                 stored: Minima, threads: int, out):
+                 stored: Minima, threads: int, out, grace: float = GRACE_MIN_SECONDS):
         self.s, self.energy, self.hessian_mode, self.walkers, self.out = s, energy, hessian_mode, walkers, out
+        self.grace = grace
         self.P = problem.model.n_params
         self.K = len(walkers.E)
         self.index = _index(problem, energy, threads, stored)
-        self.counters = dict.fromkeys(("steps", "quenches", "converged", "accepted", "new_minima", "saddles",
-                                       "refinements", "nfev"), 0)
+        self.counters = dict.fromkeys(SAMPLER_COUNTERS, 0)
         self.opt = LBFGS(energy.energy_gradient, self.P, tol=s.tol, maxiter=s.maxiter, memory=s.memory,
                          maxstep=s.maxstep, threads=threads)
         self.pushes = np.zeros(self.K, np.int64)
@@ -375,37 +546,49 @@ class _Sampler:
     # -- main loop -----------------------------------------------------------------------------
     def run(self, deadline: float, budget: int, stop=None) -> str:
         """Advance the walkers until each took ``budget`` steps, ``time.perf_counter()`` passes
-        ``deadline`` or ``stop()`` is true; returns the run's status."""
+        ``deadline`` or ``stop()`` is true; then plain quenches are abandoned and refinements (each
+        may be a new minimum) finish within the grace period, or are abandoned too. Returns the
+        run's status."""
         w = self.walkers
         self.t0, self.c0 = time.perf_counter(), time.process_time()
         w.steps[:] = 0  # the step budget counts within this run
         fresh = np.isinf(w.E)  # new walkers quench their random start; resumed ones take a step
         self.opt.add(np.stack([w.x[k] if fresh[k] else self._perturb(k) for k in range(self.K)]), np.arange(self.K))
-        status = COMPLETED
+        status, stopped = COMPLETED, math.inf  # stopped: when the budget ran out
         try:
             while len(self.opt):
                 done = self.opt.step()
                 self.counters["nfev"] = self.energy.nfev
-                out_of_time = time.perf_counter() > deadline or stop is not None and stop()
+                if stopped == math.inf and (time.perf_counter() > deadline or stop is not None and stop()):
+                    status, stopped = TIME_UP, time.perf_counter()
                 finished = 0
                 for j in range(len(done)):
+                    if time.perf_counter() > stopped + self.grace:
+                        break
                     k = int(done.tag[j])
                     if self._finish_quench(k, done, j):  # True: the walker's step is complete
                         w.steps[k] += 1
                         self.counters["steps"] += 1
                         finished += 1
-                        if w.steps[k] < budget and not out_of_time:
+                        if w.steps[k] < budget and stopped == math.inf:
                             self.opt.add(self._perturb(k)[None], np.array([k]))
                 if len(done):
                     self.out.batch(finished, len(self.index), self.totals(), w.arrays)
-                if out_of_time:  # abandon plain quenches, finish refinements (each may be a new minimum)
-                    status = TIME_UP
-                    self.opt.drop(np.flatnonzero(~self.refining))
+                if stopped < math.inf:
+                    self._wind_down(time.perf_counter() > stopped + self.grace)
         except KeyboardInterrupt:
             status = INTERRUPTED
         finally:
             self.out.save(self.totals(), w.arrays())
         return status
+
+    def _wind_down(self, late: bool) -> None:
+        """After the budget: drop the plain quenches, and the refinements too when ``late`` (past
+        the grace period; those still to be identified count as abandoned)."""
+        if late:
+            self.counters["abandoned"] += int(self.refining.sum())
+            self.refining[:] = False
+        self.opt.drop(np.flatnonzero(~self.refining))
 
     def totals(self) -> dict:
         """The counters with this run's CPU and wall seconds so far."""
@@ -445,10 +628,13 @@ class _Sampler:
                     return False
                 E = math.inf
         self.pushes[k] = 0
+        uphill = math.isfinite(E) and E > w.E[k] and found != w.minimum[k]  # to another, higher minimum
+        c["uphill"] += uphill
         if self._accept(k, E, found):
             w.x[k], w.E[k], w.minimum[k] = r.x[j], E, found
             w.acc[k] += 1
             c["accepted"] += 1
+            c["uphill_accepted"] += uphill
         if E < w.best[k]:
             w.best[k], w.since_best[k] = E, 0
         else:

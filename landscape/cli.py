@@ -5,44 +5,64 @@
                          [--split train|test]
     landscape inspect DB [--json] [--lowest N]
 
-Errors are one line on stderr with exit status 2; nothing already in the database is lost.
-Ctrl-C ends with exit status 130 (128 + SIGINT, as shells expect) after keeping what was written:
-an interrupted ``sample`` stores its walkers, prints its summary and can be resumed. Output into a
-pipe whose reader has stopped ends quietly with status 141 (128 + SIGPIPE).
+Errors are one line on stderr with exit status 2; nothing already in the database is lost. A
+``sample`` run that leaves the database without a minimum says why in one such line (exit 2).
+Warnings of the sampler (e.g. a temperature that accepts every step) are one line each,
+``landscape: warning: ...``. Ctrl-C at any moment ends with exit status 130 (128 + SIGINT, as shells
+expect) after keeping what was written: an interrupted ``sample`` stores its walkers, prints its
+summary and can be resumed. Output into a pipe whose reader has stopped ends quietly with status
+141 (128 + SIGPIPE). Arguments are parsed before torch and the heavy modules are imported, so
+``--version`` and errors in the command line come at once. For ``sample`` and ``score`` the
+command sets the process's allocator to keep freed memory (see landscape/allocator.py); the
+Python API leaves it alone.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
 import tomllib
-from dataclasses import fields
+import warnings
+from typing import TYPE_CHECKING, Callable
 
-import numpy as np
+from . import __version__, allocator
 
-from . import __version__
-from .basinhopping import HESSIAN_MODES, START_MODES, Settings, sample
-from .data import SCALINGS, SOURCES, DataSpec, source_for_path
-from .database import INTERRUPTED, Database, DatabaseError
-from .estimates import chao1
-from .loss import SENSITIVITY_METHODS, describe, from_dicts
-from .models import ACTIVATIONS
-from .problem import ARCHITECTURES, Problem
-from .scoring import METHODS, SPACES, SPLITS, score
+if TYPE_CHECKING:
+    from .basinhopping import SampleResult
+    from .problem import Problem
 
 PROBLEM_KEYS = ("data", "data_path", "label_column", "scaling", "test_fraction", "split_seed", "limit", "arch",
                 "hidden", "channels", "activation", "sharpness", "bias", "lam",
                 "sensitivity_weight", "sensitivity_eps", "sensitivity_method", "sensitivity_space")
-SAMPLER_KEYS = tuple(f.name for f in fields(Settings))
 RUN_KEYS = ("steps", "minutes", "seed", "threads", "processes")
 INTERRUPTED_EXIT = 130  # 128 + SIGINT
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line errors; ``build(parser)``, if given, adds the options when the parser is first
+    used, so a command's options (whose choices come from modules that import torch) cost nothing
+    until that command is parsed."""
+
+    def __init__(self, *args, build: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._build = build
+
+    def _built(self) -> None:
+        if self._build is not None:
+            build, self._build = self._build, None
+            build(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._built()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._built()
+        return super().format_help()
+
     def error(self, message: str) -> None:  # one line, exit 2
         raise SystemExit(_fail(f"{message} (see {self.prog} --help)"))
 
@@ -53,11 +73,28 @@ def _fail(message: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="landscape", description="Explore the energy landscape of a neural-network loss.")
+    p = _Parser(prog="landscape", description="Explore the energy landscape of a neural-network loss.",
+                epilog="sample and score set the allocator to keep freed memory (see landscape/allocator.py)")
     p.add_argument("--version", action="version", version=f"landscape {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("sample", help="basin-hopping: collect minima into an HDF5 database", build=_sample_options)
+    sub.add_parser("score", help="per-minimum quantities (sensitivity, accuracy, loss, pgd, verified, flatness)",
+                   build=_score_options)
+    i = sub.add_parser("inspect", help="what is in a database")
+    i.add_argument("db")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--lowest", type=int, default=10, help="how many of the lowest minima to list (default 10, 0: none)")
+    return p
 
-    s = sub.add_parser("sample", help="basin-hopping: collect minima into an HDF5 database")
+
+def _sample_options(s: argparse.ArgumentParser) -> None:
+    from .basinhopping import HESSIAN_MODES, START_MODES
+    from .data import SCALINGS, SOURCES
+    from .loss import SENSITIVITY_METHODS
+    from .models import ACTIVATIONS
+    from .problem import ARCHITECTURES
+    from .scoring import SPACES
+
     s.add_argument("db", help="database file (created if missing)")
     s.add_argument("--config", help="TOML file with [problem] and [sample] tables (command-line options win)")
     g = s.add_argument_group("problem (default: iris, one hidden layer of 5 tanh units, lam 1e-4)")
@@ -86,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output space of that term (default logits)")
     h = s.add_argument_group("sampler (defaults: landscape.Settings)")
     h.add_argument("--walkers", type=int)
-    h.add_argument("--temperature", type=float)
+    h.add_argument("--temperature", type=_number_or_auto,
+                   help="Metropolis temperature (default 0.01), or auto: set from the walkers' first minima")
     h.add_argument("--step", type=float, help="initial step: max displacement per coordinate")
     h.add_argument("--fixed-step", dest="adaptive", action="store_const", const=False)
     h.add_argument("--target-acceptance", dest="target_acceptance", type=float)
@@ -96,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where a step starts: the walker's minimum (default) or, for discovery, a known minimum "
                         "drawn uniformly (needs --fixed-step)")
     h.add_argument("--tol", type=float, help="RMS-gradient convergence of quenches")
+    h.add_argument("--maxiter", type=int, help="iteration cap of a quench (default 10000)")
     h.add_argument("--hessian", choices=HESSIAN_MODES)
     r = s.add_argument_group("run")
     r.add_argument("--steps", type=int, help="basin-hopping steps per walker")
@@ -108,38 +147,98 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the walkers of the last run, with its settings unless given now")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    c = sub.add_parser("score", help="robustness scores (sensitivity) of every stored minimum")
-    c.add_argument("db")
-    c.add_argument("--eps", type=float, nargs="+", required=True, help="l-inf radii in input units")
-    c.add_argument("--method", choices=METHODS, default="ibp", help="bounds (default ibp)")
-    c.add_argument("--space", choices=SPACES, default="logits", help="output space (default logits)")
-    c.add_argument("--split", choices=SPLITS, default="test", help="data points (default test)")
-    c.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    i = sub.add_parser("inspect", help="what is in a database")
-    i.add_argument("db")
-    i.add_argument("--json", action="store_true", help="machine-readable output")
-    i.add_argument("--lowest", type=int, default=10, help="how many of the lowest minima to list (default 10, 0: none)")
-    return p
+def _number_or_auto(text: str) -> float | str:
+    """--temperature: a number, or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or auto, got {text!r}") from None
+
+
+def _score_options(c: argparse.ArgumentParser) -> None:
+    from .flatness import Flatness
+    from .scoring import AGGREGATIONS, METHODS, PGD, QUANTITIES, SPACES, SPLITS
+
+    pgd, flatness = PGD(), Flatness()
+    c.add_argument("db")
+    c.add_argument("--eps", type=float, nargs="+", default=[],
+                   help="l-inf radii in input units (needed by sensitivity, pgd and verified)")
+    c.add_argument("--quantity", dest="quantities", nargs="+", choices=QUANTITIES, default=["sensitivity"], metavar="Q",
+                   help="what to compute (default sensitivity): sensitivity; accuracy and loss (cross-entropy) on "
+                   "every split; pgd (PGD robust accuracy); verified (verified accuracy); flatness (log-determinant "
+                   "of the Hessian of E)")
+    c.add_argument("--aggregation", nargs="+", choices=AGGREGATIONS, default=["mean_log"], metavar="A",
+                   help="of the sensitivity over the points: mean_log (the mean log-volume, the default), log_mean "
+                   "(the log of the mean volume)")
+    c.add_argument("--method", choices=METHODS, default="ibp", help="bounds of the sensitivity (default ibp)")
+    c.add_argument("--space", choices=SPACES, default="logits", help="output space (default logits)")
+    c.add_argument("--verify-method", dest="verify_method", choices=METHODS, default="ibp+crown",
+                   help="bounds of verified (default ibp+crown)")
+    c.add_argument("--split", choices=SPLITS, help="data points of sensitivity, pgd and verified (default: the "
+                   "test split where the problem has one, else the training split)")
+    c.add_argument("--pgd-steps", dest="pgd_steps", type=int, metavar="N", default=pgd.steps,
+                   help=f"PGD steps per restart (default {pgd.steps})")
+    c.add_argument("--pgd-restarts", dest="pgd_restarts", type=int, metavar="N", default=pgd.restarts,
+                   help=f"PGD random starts (default {pgd.restarts})")
+    c.add_argument("--full-spectrum-max", dest="full_max", type=int, metavar="P", default=flatness.full_max,
+                   help=f"flatness from the full Hessian spectrum up to this many parameters, above it by "
+                   f"stochastic Lanczos quadrature (default {flatness.full_max})")
+    c.add_argument("--probes", type=int, metavar="N", default=flatness.probes,
+                   help=f"random probes of the quadrature (default {flatness.probes})")
+    c.add_argument("--lanczos-steps", dest="lanczos_steps", type=int, metavar="N", default=flatness.steps,
+                   help=f"Lanczos steps per probe (default {flatness.steps})")
+    c.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of the PGD starts and of the probes (default 0)")
+    c.add_argument("--data-path", dest="data_path", help="where the problem's data is now, if it moved "
+                   "(its content hash is checked)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "sample":
-            return _sample(args, "landscape " + shlex.join(argv))
-        if args.command == "score":
-            return _score(args)
-        return _inspect(args)
+    try:  # Ctrl-C while torch is imported (during parsing, or by a command) ends as at any other moment
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return _command(build_parser().parse_args(argv), "landscape " + shlex.join(argv))
     except BrokenPipeError:  # the reader of stdout stopped (`landscape inspect DB | head`): end quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush fails silently
         return BROKEN_PIPE_EXIT
-    except (ValueError, DatabaseError, OSError) as e:
+    except (ValueError, OSError) as e:  # DatabaseError is a ValueError
         return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except KeyboardInterrupt:
         print("landscape: interrupted; what was written is kept", file=sys.stderr)
         return INTERRUPTED_EXIT
+
+
+def _command(args: argparse.Namespace, command: str) -> int:
+    """Run the parsed command; ``command``: the command line, recorded with the run."""
+    if args.command == "inspect":
+        _inspect_names()
+        return _inspect(args)
+    allocator.keep_freed_memory()  # batched work then reuses the process's pages
+    return _sample(args, command) if args.command == "sample" else _score(args, command)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """landscape's warnings as one line, ``landscape: warning: ...``, above a progress bar;
+    others as Python formats them."""
+    if not category.__module__.startswith("landscape"):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"landscape: warning: {message}", file=sys.stderr)
+
+
+def _sampler_keys() -> tuple[str, ...]:
+    from dataclasses import fields
+
+    from .basinhopping import Settings
+
+    return tuple(f.name for f in fields(Settings))
 
 
 def _read_config(path: str) -> tuple[dict, dict]:
@@ -150,7 +249,7 @@ def _read_config(path: str) -> tuple[dict, dict]:
             cfg = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{path}: not valid TOML: {e}") from None
-    allowed = {"problem": PROBLEM_KEYS, "sample": SAMPLER_KEYS + RUN_KEYS}
+    allowed = {"problem": PROBLEM_KEYS, "sample": _sampler_keys() + RUN_KEYS}
     for table, values in cfg.items():
         if table not in allowed or not isinstance(values, dict):
             raise ValueError(f"{path}: unknown table [{table}]; use [problem] and [sample]")
@@ -161,10 +260,14 @@ def _read_config(path: str) -> tuple[dict, dict]:
 
 
 def _sample(args: argparse.Namespace, command: str) -> int:
+    from .basinhopping import Settings, sample
+    from .database import INTERRUPTED, Database
+
     cfg_problem, cfg_sample = _read_config(args.config) if args.config else ({}, {})
     given = {k: getattr(args, k) for k in PROBLEM_KEYS if getattr(args, k) is not None}
     prob_opts = {**cfg_problem, **given}
-    run_opts = {**cfg_sample, **{k: getattr(args, k) for k in SAMPLER_KEYS + RUN_KEYS
+    sampler_keys = _sampler_keys()
+    run_opts = {**cfg_sample, **{k: getattr(args, k) for k in sampler_keys + RUN_KEYS
                                  if getattr(args, k, None) is not None}}
     if not prob_opts and os.path.exists(args.db):
         with Database(args.db) as db:  # append to the file's own problem
@@ -173,7 +276,7 @@ def _sample(args: argparse.Namespace, command: str) -> int:
         problem = _problem(prob_opts)
     if args.resume and os.path.exists(args.db):
         with Database(args.db) as db:  # the last run's settings, unless given now
-            runs = db.runs()
+            runs = db.runs(kind="sample")
         last = runs[-1]["parameters"] if runs else {}
         # the walkers and their random streams come from the file (a config's values are not used)
         if args.walkers is not None and args.walkers != last.get("walkers", args.walkers):
@@ -181,30 +284,53 @@ def _sample(args: argparse.Namespace, command: str) -> int:
                              "drop --walkers, or start a new run without --resume")
         if args.seed is not None:
             raise ValueError("--resume continues each walker's own random stream: drop --seed")
-        run_opts = {**{k: last[k] for k in SAMPLER_KEYS + ("threads", "processes") if k in last}, **run_opts}
-    settings = Settings(**{k: run_opts[k] for k in SAMPLER_KEYS if k in run_opts})
+        run_opts = {**{k: last[k] for k in sampler_keys + ("threads", "processes") if k in last}, **run_opts}
+    settings = Settings(**{k: run_opts[k] for k in sampler_keys if k in run_opts})
     steps, minutes = run_opts.get("steps"), run_opts.get("minutes")
     if steps is None and minutes is None:
         raise ValueError("give a budget: --steps N (per walker) or --minutes M")
     res = sample(problem, args.db, settings, steps=steps, minutes=minutes, seed=run_opts.get("seed", 0),
                  resume=args.resume, threads=run_opts.get("threads", 1),
                  processes=run_opts.get("processes", 1), progress=not args.quiet, command=command)
+    print(_summary_line(res, args.db))
+    if res.status == INTERRUPTED:
+        return INTERRUPTED_EXIT
+    return _fail(res.reason) if res.reason else 0
+
+
+def _summary_line(res: SampleResult, db: str) -> str:
+    """The line ``sample`` prints about its run (``res``: a SampleResult) and the database ``db``."""
     c = res.counters
-    print(f"run {res.run} ({res.status}): {c['steps']} steps, {c['quenches']} quenches "
-          f"({c['converged']} converged), {c['new_minima']} new minima, acceptance "
-          f"{c['accepted'] / max(1, c['steps']):.2f}; {args.db} now holds {res.n_minima} minima, "
-          f"lowest E = {res.lowest_energy:.10g}")
-    return INTERRUPTED_EXIT if res.status == INTERRUPTED else 0
+    line = (f"run {res.run} ({res.status}): {c['steps']} steps, {c['quenches']} quenches "
+            f"({c['converged']} converged), {c['new_minima']} new minima, acceptance "
+            f"{c['accepted'] / max(1, c['steps']):.2f}; {db} now holds {res.n_minima} minima, "
+            f"lowest E = {res.lowest_energy:.10g}")
+    if res.overrun_seconds > 0:
+        line += (f"; time budget exceeded by {res.overrun_seconds:.1f} s, {c['abandoned']} refinements "
+                 "abandoned after the grace period")
+    return line
 
 
-def _score(args: argparse.Namespace) -> int:
-    done = score(args.db, args.eps, method=args.method, space=args.space, split=args.split, progress=not args.quiet)
-    for name, n in done.items():
-        print(f"{name}: {n} minima scored" + ("" if n else " (all were scored already)"))
+def _score(args: argparse.Namespace, command: str) -> int:
+    from .flatness import Flatness
+    from .scoring import EPS_QUANTITIES, PGD, score
+
+    res = score(args.db, args.eps, method=args.method, space=args.space, split=args.split, progress=not args.quiet,
+                data_path=args.data_path, command=command, quantities=args.quantities, aggregation=args.aggregation,
+                verify_method=args.verify_method, pgd=PGD(args.pgd_steps, args.pgd_restarts, args.seed),
+                flatness=Flatness(full_max=args.full_max, probes=args.probes, steps=args.lanczos_steps, seed=args.seed))
+    if any(q in EPS_QUANTITIES for q in args.quantities):
+        print(f"on the {res.split} split ({res.n_points} points)" + ("" if args.split else ", the default"))
+    for name, n in res.computed.items():
+        print(f"{name}: {n} minima scored" + ("" if n else " (all were current already)"))
     return 0
 
 
 def _problem(o: dict) -> Problem:
+    """The problem the options ``o`` describe."""
+    from .data import DataSpec, source_for_path
+    from .problem import Problem
+
     data_fields = {"data_path": "path", "label_column": "label_column", "scaling": "scaling",
                    "test_fraction": "test_fraction", "split_seed": "split_seed", "limit": "limit"}
     name = o["data"] if "data" in o else source_for_path(o["data_path"]) if "data_path" in o else "iris"
@@ -223,38 +349,16 @@ def _sensitivity(o: dict) -> dict | None:
     return given or None
 
 
-def summary(db: Database, lowest: int = 10) -> dict:
-    """What a database holds, as plain data (the ``inspect`` command prints this), with the
-    ``lowest`` minima by energy (>= 0)."""
-    if not lowest >= 0:
-        raise ValueError(f"lowest must be >= 0, got {lowest}")
-    m = db.minima(coords=False)
-    order = np.argsort(m.energy)[:lowest]
-    return {
-        "path": db.path,
-        "problem": db.problem.to_dict(),
-        "n_params": db.problem.model.n_params,
-        "n_minima": len(m),
-        "total_hits": int(m.hits.sum()),
-        "found_once": int((m.hits == 1).sum()),
-        "found_twice": int((m.hits == 2).sum()),
-        "chao1_minima": chao1(m.hits),
-        "lowest": [{"id": int(i), "energy": float(m.energy[i]), "grad_rms": float(m.grad_rms[i]),
-                    "hits": int(m.hits[i]), "lowest_eigenvalue": _nan_none(m.eigenvalues[i, 0]),
-                    "first_found": [int(v) for v in m.first_found[i]]} for i in order],
-        "scores": {name: {**{k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()},
-                          "scored": int(np.isfinite(values).sum()),
-                          "lowest_minima": [_nan_none(values[i]) for i in order]}
-                   for name, (values, attrs) in db.scores().items()},
-        "runs": db.runs(),
-    }
-
-
-def _nan_none(v: float) -> float | None:
-    return None if math.isnan(v) else float(v)
+def _inspect_names() -> None:
+    """Import what ``_inspect`` reads from this module's globals (until it moves to its own module)."""
+    global Database, describe, from_dicts
+    from .database import Database
+    from .loss import describe, from_dicts
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from .analysis import summary
+
     with Database(args.db) as db:
         s = summary(db, args.lowest)
     if args.json:
@@ -278,13 +382,23 @@ def _inspect(args: argparse.Namespace) -> int:
                   f"{tuple(r['first_found'])}")
     for name, sc in s["scores"].items():
         vals = ", ".join("-" if v is None else f"{v:.3f}" for v in sc["lowest_minima"])
-        print(f"score {name}: {sc['scored']}/{s['n_minima']} minima; lowest minima: {vals}")
+        stale = f" ({sc['stale']} stale: rescore)" if sc["stale"] else ""
+        print(f"score {name}: {sc['scored']}/{s['n_minima']} minima{stale}; lowest minima: {vals}")
+    if s["n_transition_states"]:
+        print(f"{s['n_transition_states']} transition states")
     for r in s["runs"]:
-        c = r["counters"]
-        print(f"run {r['id']}: {r['status']}; {r['started']} -> {r['ended'] or '?'}; seed {r['seed']}; "
-              f"{int(c['steps'])} steps, {int(c['quenches'])} quenches, {int(c['new_minima'])} new minima, "
-              f"{c['cpu_seconds']:.1f} CPU-s; {r['command']}")
+        print(f"run {r['id']} ({r['kind']}): {r['status']}; {r['started']} -> {r['ended'] or '?'}; {_counts(r)}; "
+              f"{r['command']}")
     return 0
+
+
+def _counts(run: dict) -> str:
+    """A run's counters as the inspect line shows them."""
+    c = run["counters"]
+    if run["kind"] == "sample":
+        return (f"seed {run['seed']}; {int(c['steps'])} steps, {int(c['quenches'])} quenches, "
+                f"{int(c['new_minima'])} new minima, {c['cpu_seconds']:.1f} CPU-s")
+    return ", ".join(f"{int(v)} {k}" for k, v in c.items())
 
 
 if __name__ == "__main__":

@@ -297,7 +297,7 @@ def test_ctrl_c_outside_sampling_is_one_line_and_exit_130(tmp_path, capsys, monk
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("landscape.cli.score", interrupted)
+    monkeypatch.setattr("landscape.scoring.score", interrupted)
     code, out, err = run(capsys, "score", db, "--eps", "0.1")
     assert code == 130 and err.count("\n") == 1 and "interrupted" in err
 
@@ -356,7 +356,7 @@ SAMPLE, SCORE, INSPECT = ["sample", "--steps", "1"], ["score", "--eps", "0.1", "
 
 @pytest.mark.parametrize("name, readers", [
     ("minima/coords", [SAMPLE, SCORE]), ("minima/hits", [INSPECT, SAMPLE]), ("runs/0/counters", [INSPECT, SAMPLE]),
-    ("scores/sensitivity_logits_ibp_eps0.1_test", [INSPECT, SCORE])])
+    ("scores/value", [INSPECT, SCORE])])
 def test_damaged_data_is_refused_not_read(tmp_path, capsys, name, readers):
     """A flipped byte in a dataset's raw data (no metadata touched) fails its Fletcher-32 checksum:
     each command that reads the dataset gives one line naming it and exit 2, and the file is left
