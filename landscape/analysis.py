@@ -20,7 +20,8 @@ def summary(db: Database, lowest: int = 10) -> dict:
     if not (isinstance(lowest, int) and lowest >= 0):
         raise ValueError(f"lowest must be an integer >= 0, got {lowest!r}")
     m = db.minima(coords=False)
-    order = np.argsort(m.energy, kind="stable")[:lowest]
+    ts = db.transition_states(coords=False)
+    order = np.argsort(m.energy, kind="stable")[:max(lowest, 1)]
     return {
         "path": db.path,
         "schema_version": db.schema,
@@ -35,9 +36,10 @@ def summary(db: Database, lowest: int = 10) -> dict:
         "lowest": [{"id": int(i), "energy": float(m.energy[i]), "grad_rms": float(m.grad_rms[i]),
                     "hits": int(m.hits[i]), "lowest_eigenvalue": _nan_none(m.eigenvalues[i, 0]),
                     "version": int(m.version[i]), "first_found": [int(v) for v in m.first_found[i]]}
-                   for i in order],
-        "scores": _scores(db, m.version, order),
-        "n_transition_states": len(db.transition_states(coords=False)),
+                   for i in order[:lowest]],
+        "scores": _scores(db, m.version, order[:lowest]),
+        "n_transition_states": len(ts),
+        "connectivity": connectivity(len(m), ts.minima, int(order[0])) if len(m) else None,
         "runs": db.runs(),
     }
 
@@ -57,3 +59,88 @@ def _scores(db: Database, current: np.ndarray, order: np.ndarray) -> dict:
 
 def _nan_none(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
+
+
+@dataclasses.dataclass(frozen=True)
+class Correlation:
+    """Spearman's rank correlation of ``y`` with ``x`` over ``n`` minima: ``rho``, its two-sided
+    ``p_value`` (scipy.stats.spearmanr), and a percentile bootstrap ``ci`` (low, high) at
+    ``level`` from ``resamples`` resamples of the minima."""
+
+    x: str
+    y: str
+    n: int
+    rho: float
+    ci: tuple[float, float]
+    p_value: float
+    level: float
+    resamples: int
+
+
+def spearman(x: np.ndarray, y: np.ndarray, names: tuple[str, str] = ("x", "y"), resamples: int = 2000,
+             level: float = 0.95, seed: int = 0) -> Correlation:
+    """Spearman's rho of ``y`` (n,) with ``x`` (n,) over the pairs where both are finite, with a
+    seeded percentile bootstrap confidence interval. Needs at least 3 such pairs."""
+    from scipy import stats
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"x and y must be 1-D arrays of one length, got {x.shape} and {y.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y, n = x[ok], y[ok], int(ok.sum())
+    if n < 3:
+        raise ValueError(f"{names[1]} against {names[0]}: {n} minima with both values; a correlation needs 3")
+    r = stats.spearmanr(x, y)
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    boot = np.array([_pearson(stats.rankdata(rx[i]), stats.rankdata(ry[i])) for i in idx])
+    boot = boot[np.isfinite(boot)]
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) if boot.size else (math.nan, math.nan)
+    return Correlation(names[0], names[1], n, float(r.statistic), (float(lo), float(hi)), float(r.pvalue), level,
+                       resamples)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    d = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / d if d > 0 else math.nan
+
+
+def correlations(table, against: tuple[str, ...] = ("energy",), columns: list[str] | None = None,
+                 **options) -> tuple[list[Correlation], dict[str, str]]:
+    """Spearman correlations of each of ``columns`` (default: every column of ``table`` after the
+    stored minimum's own ones, i.e. the scores) with each column of ``against``, from a
+    :meth:`Database.table` DataFrame. Returns the correlations and, per pair left out, why (too
+    few minima with both values). ``options`` go to :func:`spearman`."""
+    columns = [c for c in table.columns if not own_column(c) and c not in against] if columns is None else columns
+    out, skipped = [], {}
+    for x in against:
+        for y in columns:
+            if x == y:
+                continue
+            try:
+                out.append(spearman(table[x].to_numpy(), table[y].to_numpy(), (x, y), **options))
+            except ValueError as e:
+                skipped[f"{y} vs {x}"] = str(e)
+    return out, skipped
+
+
+def own_column(name: str) -> bool:
+    """Whether a :meth:`Database.table` column is a stored minimum's own (not a score)."""
+    return name in ("energy", "grad_rms", "hits", "first_run", "first_walker", "first_step", "version") \
+        or name.startswith("eigenvalue_")
+
+
+def connectivity(n_minima: int, pairs: np.ndarray, root: int) -> dict:
+    """How the transition states ``pairs`` (M, 2) join ``n_minima`` minima: the number of
+    connected components (a minimum joined to nothing is one) and of minima connected to
+    ``root`` (itself included)."""
+    import networkx as nx
+
+    g = nx.Graph()
+    g.add_nodes_from(range(n_minima))
+    g.add_edges_from((int(a), int(b)) for a, b in np.asarray(pairs).reshape(-1, 2))
+    return {"components": nx.number_connected_components(g),
+            "connected_to_global_minimum": len(nx.node_connected_component(g, root)) if n_minima else 0}

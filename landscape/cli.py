@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sample", help="basin-hopping: collect minima into an HDF5 database", build=_sample_options)
     sub.add_parser("score", help="per-minimum quantities (sensitivity, accuracy, loss, pgd, verified, flatness)",
                    build=_score_options)
+    sub.add_parser("analyze", help="disconnectivity graph, energy-robustness correlations, a report",
+                   build=_analyze_options)
     i = sub.add_parser("inspect", help="what is in a database")
     i.add_argument("db")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -197,6 +199,15 @@ def _score_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _analyze_options(a: argparse.ArgumentParser) -> None:
+    a.add_argument("db")
+    a.add_argument("--out", required=True, help="folder for the figures, minima.csv, summary.json and report.html")
+    a.add_argument("--levels", type=int, default=20, help="energy levels of the disconnectivity graph (default 20)")
+    a.add_argument("--resamples", type=int, default=2000,
+                   help="bootstrap resamples of each correlation's interval (default 2000)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:  # Ctrl-C while torch is imported (during parsing, or by a command) ends as at any other moment
@@ -218,6 +229,8 @@ def _command(args: argparse.Namespace, command: str) -> int:
     if args.command == "inspect":
         _inspect_names()
         return _inspect(args)
+    if args.command == "analyze":
+        return _analyze(args)
     allocator.keep_freed_memory()  # batched work then reuses the process's pages
     return _sample(args, command) if args.command == "sample" else _score(args, command)
 
@@ -347,6 +360,16 @@ def _sensitivity(o: dict) -> dict | None:
         raise ValueError("a sensitivity term needs both --sensitivity-weight and --sensitivity-eps "
                          "(sensitivity_weight and sensitivity_eps in [problem])")
     return given or None
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .report import analyze
+
+    rep = analyze(args.db, args.out, levels=args.levels, resamples=args.resamples, seed=args.seed)
+    for m in rep.missing:
+        print(f"landscape: missing: {m}", file=sys.stderr)
+    print(f"wrote {', '.join(sorted(rep.files))} to {rep.out}")
+    return 0
 
 
 def _inspect_names() -> None:

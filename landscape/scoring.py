@@ -61,6 +61,10 @@ EPS_QUANTITIES = ("sensitivity", "pgd", "verified")
 AGGREGATIONS = ("mean_log", "log_mean")
 
 
+class ScoringWarning(UserWarning):
+    """A score computed as asked that carries little or no information (the CLI prints it as one line)."""
+
+
 @dataclass
 class ScoreResult:
     """What a call of :func:`score` did: the split and number of points of the eps quantities, and
@@ -286,7 +290,7 @@ def _run(db: Database, rid: int, job: _Job, todo: list[np.ndarray], progress: bo
         if n_bad:
             overflow = kind.quantity == "sensitivity"
             hint = f" (the bounds overflowed at eps {kind.eps:g}); use a smaller eps" if overflow else ""
-            warnings.warn(f"{kind.label()}: {n_bad} of {len(wanted)} values are not finite{hint}", RuntimeWarning,
+            warnings.warn(f"{kind.label()}: {n_bad} of {len(wanted)} values are not finite{hint}", ScoringWarning,
                           stacklevel=4)
     return sum(len(t) for t in todo)
 
@@ -391,8 +395,8 @@ def _warn_uninformative(eps: Sequence[float], p: _Points) -> None:
     for e in eps:
         if e == 0:
             warnings.warn("eps 0: every input box is a point, so every network scores the same floor; use eps > 0",
-                          RuntimeWarning, stacklevel=4)
+                          ScoringWarning, stacklevel=4)
         elif extent and e > extent:
             warnings.warn(f"eps {e:g} exceeds the extent of the data ({extent:g} input units): the ball is wider "
-                          "than the data set, so the score no longer describes the data", RuntimeWarning,
+                          "than the data set, so the score no longer describes the data", ScoringWarning,
                           stacklevel=4)
