@@ -24,6 +24,8 @@ usage: OMP_NUM_THREADS=1 python benchmarks/connect.py [--pairs 4] [--seed 0] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import time
@@ -37,7 +39,8 @@ from landscape.minimize import minimize
 
 from energy import numpy_energy  # benchmarks/energy.py: the peers' NumPy formulas
 
-PELE_ELSEWHERE = "measured elsewhere, from ../shared/peers/landscape/bench_pele_connect.py: 3 of 4 pairs in 33 CPU-seconds"
+PELE_ELSEWHERE = ("measured elsewhere, from ../shared/peers/landscape/bench_pele_connect.py: "
+                  "3 of 4 pairs in 33 CPU-seconds")
 
 
 def lowest_minima(problem: landscape.Problem, starts: int, seed: int) -> MinimaIndex:
@@ -117,7 +120,8 @@ def pele_connect(problem: landscape.Problem, pairs: list[tuple[int, int]], start
         conn = DoubleEndedConnect(stored[a], stored[b], pot, lambda x1, x2: (float(np.linalg.norm(x1 - x2)), x1, x2),
                                   db, local_connect_params=lcp, verbosity=-1, niter=20)
         try:
-            conn.connect()
+            with contextlib.redirect_stdout(io.StringIO()):  # pele prints as it refines
+                conn.connect()
             connected += bool(conn.success())
         except Exception as e:  # pele's failures are part of what is measured
             print(f"pele: pair ({a}, {b}) raised {type(e).__name__}: {e}")

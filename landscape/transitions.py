@@ -8,20 +8,22 @@ eigenvalue. Found as GMIN/OPTIM/PATHSAMPLE and pele find them, in four steps:
    band does not run through a symmetric copy. Interior images feel the gradient perpendicular
    to the band (Henkelman-Jonsson tangent), the spring force along it and the part of the
    perpendicular spring force orthogonal to the gradient; after ``band_maxiter`` iterations the
-   highest local maxima become climbing images. The images of all bands are one batch for the
-   energy. Band forces are not the gradient of a scalar, so they are minimised by L-BFGS without
-   an energy line search: each step is capped at ``band_maxstep`` per image.
+   highest local maxima become climbing images (the gradient's component along the band
+   reversed). The images of all bands are one batch for the energy. Band forces are not the
+   gradient of a scalar, so they are minimised by L-BFGS without an energy line search, each
+   image's step capped by a trust radius that an overshooting step halves.
 2. :func:`refine`: min-mode following from each climbing image (a dimer method whose curvature
    comes from exact Hessian-vector products): the lowest eigenvector v by Rayleigh-quotient
    minimisation (LOBPCG with one vector, warm-started), then an L-BFGS step on the gradient with
    its component along v reversed, g - 2 (g.v) v, which goes uphill along v and downhill in the
    orthogonal complement. Its fixed points are exactly the stationary points (I - 2 v v^T is
    invertible), however accurate v is, so the gradient converges to ``tol`` (RMS 1e-10) unless
-   rounding stops it first; then the best point is kept and its achieved RMS gradient reported.
-   Where the lowest curvature is positive the step goes uphill along v only. Each result is
-   verified independently: exactly one Hessian eigenvalue below ``-eig_tol``
+   rounding stops it first: then the best point is kept and its achieved RMS gradient reported
+   (:attr:`TransitionState.converged` False; it still counts up to ``accept_tol``). Where the
+   lowest curvature is positive the step goes uphill along v only. Each result is verified
+   independently: exactly one Hessian eigenvalue below ``-eig_tol``
    (:func:`landscape.hessian.check`: the full Hessian up to ``FULL_HESSIAN_MAX_P`` parameters,
-   Lanczos above).
+   Lanczos above). A point of index 2 or more is rejected, not refined further.
 3. :func:`descend`: step ``pushoff`` (Euclidean, parameter units) off the saddle along +v and -v
    and minimise both with the sampler's L-BFGS to ``descent_tol`` (RMS 1e-10), as minima are
    refined before they are stored.
@@ -30,7 +32,9 @@ eigenvalue. Found as GMIN/OPTIM/PATHSAMPLE and pele find them, in four steps:
    no edge for pairs already tried, the squared aligned distance otherwise; the shortest path
    between the two targets names the pairs to try next (its unjoined edges, longest first). The
    chosen pairs of all targets are tried together, their bands in one batch, until every target
-   is joined or the budget (attempts, seconds) is spent.
+   is joined or the budget (attempts, seconds) is spent. A transition state joins two minima
+   only if both descents end at minima (a descent inside a symmetric subspace can end at a
+   saddle) and they differ; new minima are Hessian-checked and returned for the caller to store.
 
 Every function takes an ``energy`` with ``energy_gradient(w (K, P)) -> (E (K,), G (K, P))``,
 ``hvp(w (K, P), v (K, P)) -> (K, P)``, ``hessian(w (P,)) -> (P, P)`` and ``n_params`` (an
@@ -243,7 +247,7 @@ class NewMinimum:
     eigenvalues: np.ndarray
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConnectResult:
     """Outcome of :func:`connect`.
 
@@ -251,9 +255,13 @@ class ConnectResult:
     from one end to the other along transition states (None where not joined); ``connections``
     the transition states found (new ones, in order found); ``minima`` the new minima found (ids
     from ``next_id`` up, in order: store them in that order); ``tried`` the pairs of minima whose
-    bands were run, in order; ``rejected`` counts of candidates dropped, by reason; ``nfev``
-    energy-gradient evaluations (where the energy counts them); ``seconds`` wall time; ``status``
-    why it stopped."""
+    bands were run, in order (a retry with more images is not listed again); ``rejected`` counts
+    of climbing images that gave no connection, by reason: 'not converged' (the refinement ended
+    above accept_tol), 'not a transition state' (a stationary point of another index), 'found
+    before', 'descent did not converge', 'descent ended at a saddle', 'joins a minimum to
+    itself' (both descents reach one minimum, maybe in two symmetric images); ``nfev``
+    energy-gradient evaluations (where the energy counts them, as an Energy does); ``seconds``
+    wall time; ``status`` why it stopped."""
 
     pairs: list[tuple[int, int]]
     connected: np.ndarray
@@ -557,47 +565,48 @@ def refine(energy: EnergyLike, x0: np.ndarray, v0: np.ndarray | None = None, set
     tangents; random where None). Each is verified; see :attr:`TransitionState.verified`."""
     x = np.atleast_2d(np.array(x0, np.float64))
     K, P = x.shape
-    rng = np.random.default_rng(seed)
-    noise = rng.normal(size=(K, P))
-    v = _unit(noise) if v0 is None else _unit(np.atleast_2d(v0)) + 1e-3 * _unit(noise)
+    noise = _unit(np.random.default_rng(seed).normal(size=(K, P)))
+    v = noise if v0 is None else _unit(np.atleast_2d(v0)) + 1e-3 * noise
     E, g = energy.energy_gradient(x)
-    g = g.copy()
     lam, v = _lowest_mode(energy, x, v, settings.rotation_tol, settings.max_rotations)
     best = _rms(g)
     best_x, best_E, best_g, g_prev = x.copy(), E.copy(), g.copy(), g.copy()
-    since, climbs = np.zeros(K, np.int64), np.zeros(K, np.int64)
-    nit = np.zeros(K, np.int64)
+    since, climbs, nit = np.zeros(K, np.int64), np.zeros(K, np.int64), np.zeros(K, np.int64)
     opt = _ForceLBFGS(K, P, settings.memory, settings.maxstep, P, guard=False)
-    negative = lam < 0
     active = best > settings.tol
     for _ in range(settings.maxiter):
         rows = np.flatnonzero(active)
         if len(rows) == 0:
             break
-        gv = _dot(g[rows], v[rows])
-        neg = lam[rows] < 0
-        switched = rows[neg != negative[rows]]
-        opt.reset(switched)
-        negative[rows] = neg
         opt.g_prev[rows] = _reflect(g_prev[rows], v[rows])  # the last pair's y in the present reflection
         g_prev[rows] = g[rows]
-        d = opt.step(rows, x[rows], _reflect(g[rows], v[rows]))
-        uphill = ~neg
-        climbs[rows] = np.where(uphill, climbs[rows] + 1, 0)
-        opt.reset(rows[uphill])
-        d[uphill] = (np.where(gv[uphill] >= 0, 1.0, -1.0) * settings.maxstep)[:, None] * v[rows[uphill]]
+        d, uphill = _min_mode_step(opt, rows, x[rows], g[rows], v[rows], lam[rows], settings.maxstep)
         x[rows] += d
         E[rows], g[rows] = energy.energy_gradient(x[rows])
-        nit[rows] += 1
         lam[rows], v[rows] = _lowest_mode(energy, x[rows], v[rows], settings.rotation_tol, settings.max_rotations)
+        nit[rows] += 1
+        climbs[rows] = np.where(uphill, climbs[rows] + 1, 0)
         rms = _rms(g[rows])
         better = rms < best[rows]
         b = rows[better]
-        best_x[b], best_E[b], best_g[b] = x[b], E[b], g[b]
+        best[b], best_x[b], best_E[b], best_g[b] = rms[better], x[b], E[b], g[b]
         since[rows] = np.where(better, 0, since[rows] + 1)
-        best[b] = rms[better]
-        active[rows] = (best[rows] > settings.tol) & (since[rows] < settings.stall) & (climbs[rows] < settings.max_uphill)
+        active[rows] = (best[rows] > settings.tol) & (since[rows] < settings.stall) \
+            & (climbs[rows] < settings.max_uphill)
     return [_verify(energy, best_x[i], best_E[i], best_g[i], int(nit[i]), settings) for i in range(K)]
+
+
+def _min_mode_step(opt: _ForceLBFGS, rows: np.ndarray, x: np.ndarray, g: np.ndarray, v: np.ndarray,
+                   lam: np.ndarray, maxstep: float) -> tuple[np.ndarray, np.ndarray]:
+    """Steps (k, P) of problems ``rows`` at ``x`` with gradients ``g``, lowest eigenpairs (``lam``,
+    ``v``): L-BFGS on the reflected gradient where the curvature is negative; elsewhere ``maxstep``
+    uphill along v, forgetting the memory. Returns (steps, which went uphill only)."""
+    d = opt.step(rows, x, _reflect(g, v))
+    uphill = lam >= 0
+    opt.reset(rows[uphill])
+    sign = np.where(_dot(g[uphill], v[uphill]) >= 0, 1.0, -1.0)
+    d[uphill] = (sign * maxstep)[:, None] * v[uphill]
+    return d, uphill
 
 
 # -- descent ---------------------------------------------------------------------------------------
@@ -726,20 +735,23 @@ class _Connect:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def _ts_point(self, ts: TransitionState) -> Point:
+        """``ts`` for the index of transition states: its smallest |eigenvalue| is the curvature
+        that sets the identification's tolerances, as the lowest eigenvalue does for a minimum."""
         curvature = float(np.abs(ts.eigenvalues).min()) if len(ts.eigenvalues) else math.nan
         grad = self.energy.energy_gradient(ts.x)[1][0]
         return Point(ts.energy, ts.x, ts.grad_rms * math.sqrt(len(ts.x)), curvature, grad)
 
     def _fresh(self, ts: TransitionState) -> bool:
         """Whether ``ts`` is a transition state not found before (the same one in another symmetry
-        image included)."""
+        image included); a fresh one joins the index of transition states."""
         if not ts.verified:
             self._reject("not a transition state" if ts.grad_rms <= self.s.accept_tol else "not converged")
             return False
-        if self.ts_index.match(self._ts_point(ts), ambiguity=False).same is not None:
+        point = self._ts_point(ts)
+        if self.ts_index.match(point, ambiguity=False).same is not None:
             self._reject("found before")
             return False
-        self.ts_index.add(len(self.ts_index), self._ts_point(ts))
+        self.ts_index.add(len(self.ts_index), point)
         return True
 
     def _identify(self, end: Minimum) -> int | str:

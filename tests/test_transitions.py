@@ -33,7 +33,8 @@ class MuellerBrown:
 
     def energy_gradient(self, w):
         dx, dy, e = self._terms(w)
-        return e.sum(1), np.stack([(e * (2 * MB_a * dx + MB_b * dy)).sum(1), (e * (MB_b * dx + 2 * MB_c * dy)).sum(1)], 1)
+        gx, gy = (e * (2 * MB_a * dx + MB_b * dy)).sum(1), (e * (MB_b * dx + 2 * MB_c * dy)).sum(1)
+        return e.sum(1), np.stack([gx, gy], 1)
 
     def hessians(self, w):
         dx, dy, e = self._terms(w)
@@ -103,7 +104,8 @@ def test_connect_finds_the_intermediate_mueller_brown_minimum(mb):
     mb, minima, saddles = mb
     index = MinimaIndex([], 1.0, mb.energy_gradient)
     for i, k in enumerate("AB"):
-        index.add(i, Point(mb.energy_gradient(minima[k])[0][0], minima[k], 0.0, np.linalg.eigvalsh(mb.hessian(minima[k]))[0]))
+        x = minima[k]
+        index.add(i, Point(mb.energy_gradient(x)[0][0], x, 0.0, np.linalg.eigvalsh(mb.hessian(x))[0]))
     res = transitions.connect(mb, [], index, [(0, 1)])
     assert res.connected.tolist() == [True] and res.paths == [[0, 2, 1]]
     assert [m.id for m in res.minima] == [2]
@@ -113,6 +115,22 @@ def test_connect_finds_the_intermediate_mueller_brown_minimum(mb):
     for c in res.connections:
         exact = min(saddles.values(), key=lambda s: np.linalg.norm(s - c.ts.x))
         np.testing.assert_allclose(c.ts.x, exact, atol=1e-8)
+
+
+def test_a_known_transition_state_is_a_connection_and_is_not_reported_again(mb):
+    """The band from A to B finds both saddles; the one already known (A-C) is recognised."""
+    mb, minima, saddles = mb
+    index = MinimaIndex([], 1.0, mb.energy_gradient)
+    for i, k in enumerate("ABC"):
+        x = minima[k]
+        index.add(i, Point(mb.energy_gradient(x)[0][0], x, 0.0, np.linalg.eigvalsh(mb.hessian(x))[0]))
+    known = transitions.refine(mb, saddles[("A", "C")] + 1e-3)[0]
+    assert known.verified
+    res = transitions.connect(mb, [], index, [(0, 1)], known=[transitions.Connection(known, 0, 2)])
+    assert res.connected.tolist() == [True] and res.paths == [[0, 2, 1]] and res.tried == [(0, 1)]
+    assert res.rejected == {"found before": 1} and not res.minima
+    assert len(res.connections) == 1 and {res.connections[0].minimum_plus, res.connections[0].minimum_minus} == {1, 2}
+    np.testing.assert_allclose(res.connections[0].ts.x, saddles[("B", "C")], atol=1e-8)
 
 
 # -- Iris 4-3(tanh)-3 ------------------------------------------------------------------------------
@@ -196,3 +214,27 @@ def test_unknown_minimum_and_bad_settings_are_refused(iris_pair):
         transitions.Settings(images=0)
     with pytest.raises(ValueError, match="unknown Hessian mode"):
         transitions.Settings(hessian="exact")
+
+
+@pytest.mark.slow
+def test_connect_the_lowest_iris_4_5_3_minima():
+    """As benchmarks/connect.py: the lowest minimum of Iris 4-5(tanh)-3 to each of the next four,
+    every transition state with one negative eigenvalue and RMS gradient <= 1e-10."""
+    import landscape
+
+    problem = landscape.Problem.create("iris", hidden=(5,), lam=1e-4, test_fraction=0.0)
+    energy, groups = problem.energy(), problem.model.unit_groups()
+    r = minimize(energy.energy_gradient, np.random.default_rng(0).normal(size=(500, energy.n_params)), tol=1e-10,
+                 memory=60)
+    index = MinimaIndex(groups, 2.0 * problem.lam, energy.energy_gradient)
+    for j in np.argsort(r.energy):
+        p = Point(float(r.energy[j]), r.x[j], float(r.grad_rms[j]) * np.sqrt(energy.n_params), grad=r.grad[j])
+        if len(index) < 5 and r.converged[j] and index.match(p, ambiguity=False).same is None:
+            h = hessian.check(energy, r.x[j], "full")
+            if not h.saddle:
+                index.add(len(index), Point(p.energy, p.x, p.gnorm, float(h.eigenvalues[0]), p.grad))
+    res = transitions.connect(energy, groups, index, [(0, i) for i in range(1, 5)])
+    assert res.connected.all()
+    for c in res.connections:
+        lam = np.linalg.eigvalsh(energy.hessian(c.ts.x))
+        assert (lam < -1e-6 * max(1.0, abs(lam[-1]))).sum() == 1 and c.ts.grad_rms <= 1e-10
