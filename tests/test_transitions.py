@@ -93,19 +93,25 @@ def test_descent_from_each_mueller_brown_saddle_reaches_its_two_minima(mb):
         ts = transitions.refine(mb, x + 1e-3)[0]
         d = transitions.descend(mb, ts)
         assert d.plus.converged and d.minus.converged and d.plus.grad_rms <= 1e-10
-        reached = {min(minima, key=lambda k: np.linalg.norm(minima[k] - end.x)) for end in (d.plus, d.minus)}
-        assert reached == {m1, m2}
-        for end in (d.plus, d.minus):
-            assert np.linalg.norm(end.x - minima[min(minima, key=lambda k: np.linalg.norm(minima[k] - end.x))]) < 1e-8
+        reached = [min(minima, key=lambda k: np.linalg.norm(minima[k] - end.x)) for end in (d.plus, d.minus)]
+        assert set(reached) == {m1, m2}
+        for name, end in zip(reached, (d.plus, d.minus)):
+            np.testing.assert_allclose(end.x, minima[name], atol=1e-8)
+
+
+def mb_index(mb: MuellerBrown, minima: dict, names: str) -> MinimaIndex:
+    """An index of the Mueller-Brown minima ``names``, ids in that order (no symmetries)."""
+    index = MinimaIndex([], 1.0, mb.energy_gradient)
+    for i, k in enumerate(names):
+        x = minima[k]
+        index.add(i, Point(mb.energy_gradient(x)[0][0], x, 0.0, np.linalg.eigvalsh(mb.hessian(x))[0]))
+    return index
 
 
 def test_connect_finds_the_intermediate_mueller_brown_minimum(mb):
     """Connecting A and B needs C, which the driver finds by descent and returns as new."""
     mb, minima, saddles = mb
-    index = MinimaIndex([], 1.0, mb.energy_gradient)
-    for i, k in enumerate("AB"):
-        x = minima[k]
-        index.add(i, Point(mb.energy_gradient(x)[0][0], x, 0.0, np.linalg.eigvalsh(mb.hessian(x))[0]))
+    index = mb_index(mb, minima, "AB")
     res = transitions.connect(mb, [], index, [(0, 1)])
     assert res.connected.tolist() == [True] and res.paths == [[0, 2, 1]]
     assert [m.id for m in res.minima] == [2]
@@ -120,10 +126,7 @@ def test_connect_finds_the_intermediate_mueller_brown_minimum(mb):
 def test_a_known_transition_state_is_a_connection_and_is_not_reported_again(mb):
     """The band from A to B finds both saddles; the one already known (A-C) is recognised."""
     mb, minima, saddles = mb
-    index = MinimaIndex([], 1.0, mb.energy_gradient)
-    for i, k in enumerate("ABC"):
-        x = minima[k]
-        index.add(i, Point(mb.energy_gradient(x)[0][0], x, 0.0, np.linalg.eigvalsh(mb.hessian(x))[0]))
+    index = mb_index(mb, minima, "ABC")
     known = transitions.refine(mb, saddles[("A", "C")] + 1e-3)[0]
     assert known.verified
     res = transitions.connect(mb, [], index, [(0, 1)], known=[transitions.Connection(known, 0, 2)])
