@@ -189,6 +189,16 @@ class TransitionState:
     verified: bool
     nit: int = 0
 
+    @classmethod
+    def stored(cls, energy: float, x: np.ndarray, grad_rms: float, eigenvalues: np.ndarray,
+               eigenvector: np.ndarray | None = None) -> "TransitionState":
+        """A transition state read back from storage, where it was stored verified: ``eigenvalues``
+        the lowest stored (at least the negative one); ``eigenvector`` NaN where not stored."""
+        x = np.asarray(x, np.float64)
+        vector = np.full(len(x), np.nan) if eigenvector is None else np.asarray(eigenvector, np.float64)
+        return cls(float(energy), x, float(grad_rms), np.atleast_1d(np.asarray(eigenvalues, np.float64)), vector,
+                   0.0, float(grad_rms) <= Settings.tol, True)
+
     @property
     def eigenvalue(self) -> float:
         """The lowest Hessian eigenvalue (negative at a transition state)."""
@@ -508,9 +518,11 @@ def _lowest_mode(energy: EnergyLike, x: np.ndarray, v: np.ndarray, rtol: float,
     return lam, v
 
 
-def _rayleigh_ritz(v, Hv, r, Hr, p, Hp):
-    """One LOBPCG step per row: the lowest Ritz pair of H over span(v, r, p), each (k, P), with
-    their products by H. Returns (lambda, v, Hv, p, Hp) of the new iterate."""
+def _rayleigh_ritz(v: np.ndarray, Hv: np.ndarray, r: np.ndarray, Hr: np.ndarray, p: np.ndarray,
+                   Hp: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One LOBPCG step per row: the lowest Ritz pair of H over span(v, r, p), each (k, P), given
+    their products by H (a direction that adds nothing to the span is left out). Returns
+    (lambda (k,), v, Hv, p, Hp) of the new iterate."""
     basis, images = [v], [Hv]
     for w, Hw in ((r, Hr), (p, Hp)):
         norm0 = np.linalg.norm(w, axis=1)
@@ -679,7 +691,8 @@ class _Connect:
                     d.add_edge(u, v, weight=self._distance(u, v) ** 2)
         return d
 
-    def _add_node(self, m: int) -> None:
+    def add_node(self, m: int) -> None:
+        """Let minimum ``m`` be a stop on the paths the distance graph proposes."""
         if m not in self.nodes:
             self.nodes.append(m)
 
@@ -782,8 +795,8 @@ class _Connect:
             self._reject(reasons[0])
             return False
         plus, minus = ends
-        self._add_node(plus)
-        self._add_node(minus)
+        self.add_node(plus)
+        self.add_node(minus)
         if plus == minus:
             self._reject("joins a minimum to itself")
             return False
@@ -824,27 +837,32 @@ def connect(energy: EnergyLike, groups: list[UnitGroup], index: MinimaIndex, pai
     for a, b in targets:
         if a not in index.points or b not in index.points:
             raise ValueError(f"pair ({a}, {b}): both minima must be in the index")
+        if a == b:
+            raise ValueError(f"pair ({a}, {b}): a minimum is joined to itself already")
     run = _Connect(energy, groups, index, known, settings, seed, next_id)
     for a, b in targets:
-        run._add_node(a)
-        run._add_node(b)
-    status = "all pairs connected"
+        run.add_node(a)
+        run.add_node(b)
     while True:
         todo = [t for t in targets if run.path(*t) is None]
-        if not todo:
-            break
-        if len(run.order) >= max_attempts:
-            status = f"attempt budget ({max_attempts}) spent"
-            break
-        if time.perf_counter() - start >= max_seconds:
-            status = f"time budget ({max_seconds} s) spent"
-            break
-        chosen = run.next_pairs(todo)[:max_attempts - len(run.order)]
+        status = _stop(todo, len(run.order), max_attempts, time.perf_counter() - start, max_seconds)
+        chosen = run.next_pairs(todo)[:max_attempts - len(run.order)] if not status else []
         if not chosen:
-            status = "no untried pair left on any path"
+            status = status or "no untried pair left on any path"
             break
         run.attempt(chosen)
     paths = [run.path(a, b) for a, b in targets]
     return ConnectResult(targets, np.array([p is not None for p in paths]), paths, run.connections, run.new_minima,
                          run.order, dict(run.rejected), getattr(energy, "nfev", 0) - nfev0,
                          time.perf_counter() - start, status)
+
+
+def _stop(todo: list, attempts: int, max_attempts: int, seconds: float, max_seconds: float) -> str:
+    """Why :func:`connect` stops before its next round ('' where it does not)."""
+    if not todo:
+        return "all pairs connected"
+    if attempts >= max_attempts:
+        return f"attempt budget ({max_attempts}) spent"
+    if seconds >= max_seconds:
+        return f"time budget ({max_seconds} s) spent"
+    return ""

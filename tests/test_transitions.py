@@ -123,12 +123,20 @@ def test_connect_finds_the_intermediate_mueller_brown_minimum(mb):
         np.testing.assert_allclose(c.ts.x, exact, atol=1e-8)
 
 
+def test_connect_stops_at_its_attempt_budget(mb):
+    mb, minima, _ = mb
+    res = transitions.connect(mb, [], mb_index(mb, minima, "AB"), [(0, 1)], max_attempts=0)
+    assert res.connected.tolist() == [False] and res.paths == [None] and not res.tried
+    assert res.status == "attempt budget (0) spent"
+
+
 def test_a_known_transition_state_is_a_connection_and_is_not_reported_again(mb):
     """The band from A to B finds both saddles; the one already known (A-C) is recognised."""
     mb, minima, saddles = mb
     index = mb_index(mb, minima, "ABC")
-    known = transitions.refine(mb, saddles[("A", "C")] + 1e-3)[0]
-    assert known.verified
+    found = transitions.refine(mb, saddles[("A", "C")] + 1e-3)[0]
+    assert found.verified
+    known = transitions.TransitionState.stored(found.energy, found.x, found.grad_rms, found.eigenvalues[:1])
     res = transitions.connect(mb, [], index, [(0, 1)], known=[transitions.Connection(known, 0, 2)])
     assert res.connected.tolist() == [True] and res.paths == [[0, 2, 1]] and res.tried == [(0, 1)]
     assert res.rejected == {"found before": 1} and not res.minima
@@ -213,6 +221,8 @@ def test_unknown_minimum_and_bad_settings_are_refused(iris_pair):
     energy, groups, index = iris_pair
     with pytest.raises(ValueError, match="both minima must be in the index"):
         transitions.connect(energy, groups, index, [(0, 7)])
+    with pytest.raises(ValueError, match="joined to itself"):
+        transitions.connect(energy, groups, index, [(1, 1)])
     with pytest.raises(ValueError, match="images must be >= 1"):
         transitions.Settings(images=0)
     with pytest.raises(ValueError, match="unknown Hessian mode"):
