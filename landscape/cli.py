@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sample", help="basin-hopping: collect minima into an HDF5 database", build=_sample_options)
     sub.add_parser("score", help="per-minimum quantities (sensitivity, accuracy, loss, pgd, verified, flatness)",
                    build=_score_options)
+    sub.add_parser("connect", help="transition states joining stored minima (double-ended searches)",
+                   build=_connect_options)
     sub.add_parser("analyze", help="disconnectivity graph, energy-robustness correlations, a report",
                    build=_analyze_options)
     i = sub.add_parser("inspect", help="what is in a database")
@@ -199,6 +201,31 @@ def _score_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _connect_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("db")
+    t = c.add_mutually_exclusive_group()
+    t.add_argument("--pairs", nargs="+", type=_pair, metavar="A,B", help="pairs of minimum ids to join")
+    t.add_argument("--lowest", type=int, default=4,
+                   help="join the global minimum with each of the next N lowest minima (default 4)")
+    t.add_argument("--all", dest="every", action="store_true", help="join every stored minimum to the global minimum")
+    c.add_argument("--seed", type=int, default=0, help="seed of the searches (default 0)")
+    c.add_argument("--max-attempts", dest="max_attempts", type=int,
+                   help="pairs of minima tried at most (default 10 per target pair)")
+    c.add_argument("--minutes", type=float, help="wall-time budget, checked between rounds of searches")
+    c.add_argument("--data-path", dest="data_path", help="where the problem's data is now, if it moved "
+                   "(its content hash is checked)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _pair(text: str) -> tuple[int, int]:
+    """--pairs: 'A,B', two minimum ids."""
+    try:
+        a, b = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a pair is two minimum ids as A,B, got {text!r}") from None
+    return a, b
+
+
 def _analyze_options(a: argparse.ArgumentParser) -> None:
     a.add_argument("db")
     a.add_argument("--out", required=True, help="folder for the figures, minima.csv, summary.json and report.html")
@@ -231,6 +258,8 @@ def _command(args: argparse.Namespace, command: str) -> int:
         return _inspect(args)
     if args.command == "analyze":
         return _analyze(args)
+    if args.command == "connect":
+        return _connect(args, command)
     allocator.keep_freed_memory()  # batched work then reuses the process's pages
     return _sample(args, command) if args.command == "sample" else _score(args, command)
 
@@ -362,6 +391,22 @@ def _sensitivity(o: dict) -> dict | None:
     return given or None
 
 
+def _connect(args: argparse.Namespace, command: str) -> int:
+    from .connecting import connect
+
+    r = connect(args.db, pairs=args.pairs, lowest=args.lowest, every=args.every, seed=args.seed,
+                max_attempts=args.max_attempts, minutes=args.minutes, progress=not args.quiet, command=command,
+                data_path=args.data_path)
+    dropped = ", ".join(f"{n} {why}" for why, n in sorted(r.rejected.items())) or "none"
+    print(f"run {r.run} ({r.status}): {int(r.connected.sum())} of {len(r.pairs)} pairs joined; {r.attempts} pairs "
+          f"tried, {r.transition_states} transition states and {r.new_minima} new minima stored; candidates "
+          f"dropped: {dropped}; {r.cpu_seconds:.1f} CPU-s")
+    for (a, b), ok in zip(r.pairs, r.connected):
+        if not ok:
+            print(f"not joined: {a},{b}")
+    return 0
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from .report import analyze
 
@@ -408,7 +453,9 @@ def _inspect(args: argparse.Namespace) -> int:
         stale = f" ({sc['stale']} stale: rescore)" if sc["stale"] else ""
         print(f"score {name}: {sc['scored']}/{s['n_minima']} minima{stale}; lowest minima: {vals}")
     if s["n_transition_states"]:
-        print(f"{s['n_transition_states']} transition states")
+        c = s["connectivity"]
+        print(f"{s['n_transition_states']} transition states; {c['connected_to_global_minimum']} of {s['n_minima']} "
+              f"minima connected to the global minimum ({c['components']} separate trees)")
     for r in s["runs"]:
         print(f"run {r['id']} ({r['kind']}): {r['status']}; {r['started']} -> {r['ended'] or '?'}; {_counts(r)}; "
               f"{r['command']}")
@@ -421,7 +468,7 @@ def _counts(run: dict) -> str:
     if run["kind"] == "sample":
         return (f"seed {run['seed']}; {int(c['steps'])} steps, {int(c['quenches'])} quenches, "
                 f"{int(c['new_minima'])} new minima, {c['cpu_seconds']:.1f} CPU-s")
-    return ", ".join(f"{int(v)} {k}" for k, v in c.items())
+    return ", ".join(f"{v:.1f} {k}" if k.endswith("seconds") else f"{int(v)} {k}" for k, v in c.items())
 
 
 if __name__ == "__main__":

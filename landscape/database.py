@@ -20,7 +20,8 @@ SWMR mode (which can create nothing) can write any of them::
     /minima/first_found    (N, 3)  int64    (run, walker, step) of the first find
     /minima/version        (N,)    int64    coordinate version: 0 when stored, +1 each time refined
     /transition_states/*   (M, ..)          energy, coords, minima (M, 2) the two minima it joins,
-                                            eigenvalue (its negative one), grad_rms, found (run, a, b)
+                                            eigenvalues (lowest, ascending; one negative), grad_rms,
+                                            found (run, a, b: the pair whose search found it)
     /scores/kinds          (S,)    compound what each score is: quantity, eps, eps_unit, method,
                                             space, split, aggregation, n_points, options (JSON)
     /scores/table, row, kind, version, value, run  (R,)  a long table, one row per computed value:
@@ -105,7 +106,7 @@ _TRANSITION_STATES = {
     "energy": ("f8", (), "energy E(w) at the saddle (nats)"),
     "coords": ("f8", "P", "flat parameter vector of the index-1 saddle"),
     "minima": ("i8", (2,), "ids (rows of /minima) of the two minima this saddle joins"),
-    "eigenvalue": ("f8", (), "its one negative Hessian eigenvalue"),
+    "eigenvalues": ("f8", (N_EIGENVALUES,), "lowest Hessian eigenvalues, ascending: the first (only) one negative"),
     "grad_rms": ("f8", (), "RMS gradient at coords"),
     "found": ("i8", (3,), "(run, a, b): the run, and the pair of minima whose search found it"),
 }
@@ -208,7 +209,7 @@ class TransitionStates:
     energy: np.ndarray
     coords: np.ndarray | None
     minima: np.ndarray
-    eigenvalue: np.ndarray
+    eigenvalues: np.ndarray
     grad_rms: np.ndarray
     found: np.ndarray
 
@@ -387,18 +388,20 @@ class Database:
                 h[i] = self._read(h, i) + k
 
     # -- transition states ---------------------------------------------------------------------
-    def add_transition_state(self, energy: float, coords: np.ndarray, minima: tuple[int, int], eigenvalue: float,
-                             grad_rms: float, found: tuple[int, int, int]) -> int:
-        """Append an index-1 saddle joining the minima ids ``minima``; returns its id."""
+    def add_transition_state(self, energy: float, coords: np.ndarray, minima: tuple[int, int],
+                             eigenvalues: np.ndarray, grad_rms: float, found: tuple[int, int, int]) -> int:
+        """Append an index-1 saddle joining the minima ids ``minima`` (``eigenvalues``: its lowest
+        Hessian eigenvalues, the first negative); returns its id."""
         return self._append("transition_states", dict(energy=energy, coords=coords, minima=minima,
-                                                      eigenvalue=eigenvalue, grad_rms=grad_rms, found=found))
+                                                      eigenvalues=_pad(eigenvalues), grad_rms=grad_rms, found=found))
 
     def transition_states(self, coords: bool = True) -> TransitionStates:
         """Every stored transition state (empty for a file that has none)."""
         tables = self._table("transition_states")
         if not tables:
             return TransitionStates(np.zeros(0), np.zeros((0, self.problem.model.n_params)) if coords else None,
-                                    np.zeros((0, 2), np.int64), np.zeros(0), np.zeros(0), np.zeros((0, 3), np.int64))
+                                    np.zeros((0, 2), np.int64), np.zeros((0, N_EIGENVALUES)), np.zeros(0),
+                                    np.zeros((0, 3), np.int64))
         n = self._rows(tables)
         return TransitionStates(**{name: self._read(ds, slice(0, n)) if coords or name != "coords" else None
                                    for name, ds in tables.items()})

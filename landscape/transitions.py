@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import networkx as nx
 import numpy as np
@@ -235,12 +235,14 @@ class Descent:
 class Connection:
     """A transition state and the two minima it joins, by id: what the database stores per
     transition state (``ts.energy``, ``ts.x``, ``ts.grad_rms``, ``ts.eigenvalues``,
-    ``ts.eigenvector``, ``minimum_plus``, ``minimum_minus``). Of a stored one, :func:`connect` reads
+    ``ts.eigenvector``, ``minimum_plus``, ``minimum_minus``) and ``pair``, the pair of minima whose
+    search found it ((-1, -1) where not known). Of a stored one, :func:`connect` reads
     ``energy``, ``x``, ``grad_rms`` and ``eigenvalues`` only."""
 
     ts: TransitionState
     minimum_plus: int
     minimum_minus: int
+    pair: tuple[int, int] = (-1, -1)
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,18 @@ class NewMinimum:
     grad: np.ndarray
     grad_rms: float
     eigenvalues: np.ndarray
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one round of :func:`connect` found: ``minima`` new minima and ``connections`` new
+    transition states (store the minima first: connections refer to them), ``tried`` each pair
+    tried and how many new connections its searches gave, ``joined`` how many targets are joined."""
+
+    minima: list[NewMinimum]
+    connections: list[Connection]
+    tried: dict[tuple[int, int], int]
+    joined: int
 
 
 @dataclass(frozen=True)
@@ -713,19 +727,24 @@ class _Connect:
         return chosen
 
     # one round
-    def attempt(self, pairs: list[tuple[int, int]]) -> None:
+    def attempt(self, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], int]:
         """Try ``pairs``: a band for each (one batch), then, for those whose band joined no new pair
-        of minima, a band of ``retry_factor`` times the images (``retries`` times at most)."""
+        of minima, a band of ``retry_factor`` times the images (``retries`` times at most).
+        Returns how many new connections each pair's searches gave."""
+        found = dict.fromkeys(pairs, 0)
         for p in pairs:
             self.tried.add(p)
             self.order.append(p)
         images = self.s.images
         for _ in range(self.s.retries + 1):
             joined = self._search(pairs, replace(self.s, images=images))
+            for p, n in zip(pairs, joined):
+                found[p] += int(n)
             pairs = [p for p, n in zip(pairs, joined) if n == 0]
             images *= self.s.retry_factor
             if not pairs:
                 break
+        return found
 
     def _search(self, pairs: list[tuple[int, int]], settings: Settings) -> np.ndarray:
         """Bands between ``pairs`` (one batch), refinement of their climbing images, descent from
@@ -741,7 +760,7 @@ class _Connect:
         joined = np.zeros(len(pairs), np.int64)
         for ts, source in zip(states, which[:, 0]):
             if self._fresh(ts):
-                joined[source] += self._record(ts, descend(self.energy, ts, settings))
+                joined[source] += self._record(ts, descend(self.energy, ts, settings), pairs[source])
         return joined
 
     def _reject(self, reason: str) -> None:
@@ -787,7 +806,7 @@ class _Connect:
         self.new_minima.append(NewMinimum(i, end.energy, end.x, end.grad, end.grad_rms, h.eigenvalues))
         return i
 
-    def _record(self, ts: TransitionState, descent: Descent) -> bool:
+    def _record(self, ts: TransitionState, descent: Descent, pair: tuple[int, int]) -> bool:
         """Identify the ends of ``descent`` and store the connection; whether there is one."""
         ends = [self._identify(descent.plus), self._identify(descent.minus)]
         reasons = [e for e in ends if isinstance(e, str)]
@@ -800,7 +819,7 @@ class _Connect:
         if plus == minus:
             self._reject("joins a minimum to itself")
             return False
-        self._add_connection(Connection(ts, plus, minus), new=True)
+        self._add_connection(Connection(ts, plus, minus, pair), new=True)
         return True
 
     def _add_connection(self, c: Connection, new: bool) -> None:
@@ -820,7 +839,8 @@ class _Connect:
 
 def connect(energy: EnergyLike, groups: list[UnitGroup], index: MinimaIndex, pairs: Sequence[tuple[int, int]],
             known: Sequence[Connection] = (), settings: Settings = Settings(), seed: int = 0,
-            max_attempts: int = 50, max_seconds: float = math.inf, next_id: int | None = None) -> ConnectResult:
+            max_attempts: int = 50, max_seconds: float = math.inf, next_id: int | None = None,
+            tried: Sequence[tuple[int, int]] = (), on_round: Callable[[Round], None] | None = None) -> ConnectResult:
     """Join each pair of minima in ``pairs`` (ids of ``index``) by a chain of transition states.
 
     ``index`` holds the known minima (ids = the caller's labels, e.g. database rows) and says
@@ -830,7 +850,9 @@ def connect(energy: EnergyLike, groups: list[UnitGroup], index: MinimaIndex, pai
     not yet joined, the unjoined pairs on its shortest path (see the module docstring); it stops
     when all are joined, no path is left to try, or ``max_attempts`` pairs have been tried or
     ``max_seconds`` (wall clock) have passed (the round in progress is finished; a time budget
-    makes the result depend on the machine, an attempt budget does not)."""
+    makes the result depend on the machine, an attempt budget does not). ``tried``: pairs tried
+    before (by an earlier run), not tried again. ``on_round`` is called after each round with what
+    it found (:class:`Round`), so that a caller can store it as it goes."""
     start = time.perf_counter()
     nfev0 = getattr(energy, "nfev", 0)
     targets = [(int(a), int(b)) for a, b in pairs]
@@ -840,6 +862,7 @@ def connect(energy: EnergyLike, groups: list[UnitGroup], index: MinimaIndex, pai
         if a == b:
             raise ValueError(f"pair ({a}, {b}): a minimum is joined to itself already")
     run = _Connect(energy, groups, index, known, settings, seed, next_id)
+    run.tried.update((min(a, b), max(a, b)) for a, b in tried)
     for a, b in targets:
         run.add_node(a)
         run.add_node(b)
@@ -850,7 +873,11 @@ def connect(energy: EnergyLike, groups: list[UnitGroup], index: MinimaIndex, pai
         if not chosen:
             status = status or "no untried pair left on any path"
             break
-        run.attempt(chosen)
+        n_conn, n_min = len(run.connections), len(run.new_minima)
+        found = run.attempt(chosen)
+        if on_round is not None:
+            on_round(Round(run.new_minima[n_min:], run.connections[n_conn:], found,
+                           sum(run.path(*t) is not None for t in targets)))
     paths = [run.path(a, b) for a, b in targets]
     return ConnectResult(targets, np.array([p is not None for p in paths]), paths, run.connections, run.new_minima,
                          run.order, dict(run.rejected), getattr(energy, "nfev", 0) - nfev0,

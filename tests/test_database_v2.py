@@ -169,11 +169,11 @@ def test_transition_states_are_stored_and_read_back(sampled, tmp_path):
     with Database(path, mode="a") as db:
         P = db.problem.model.n_params
         x = np.linspace(-1, 1, P)
-        assert db.add_transition_state(0.3, x, (0, 1), -0.01, 1e-11, (5, 0, 1)) == 0
+        assert db.add_transition_state(0.3, x, (0, 1), np.array([-0.01, 0.02]), 1e-11, (5, 0, 1)) == 0
     with Database(path) as db:
         ts = db.transition_states()
     assert len(ts) == 1 and ts.energy[0] == 0.3 and np.array_equal(ts.coords[0], x)
-    assert ts.minima.tolist() == [[0, 1]] and ts.eigenvalue[0] == -0.01 and ts.found.tolist() == [[5, 0, 1]]
+    assert ts.minima.tolist() == [[0, 1]] and ts.eigenvalues[0, 0] == -0.01 and np.isnan(ts.eigenvalues[0, 2]) and ts.found.tolist() == [[5, 0, 1]]
     with Database(path, mode="a") as db:
         db.add_attempt(0, 1, 1, 5)
         db.add_attempt(1, 2, 0, 5)
