@@ -72,6 +72,32 @@ def _fail(message: str) -> int:
     return 2
 
 
+CONFIG_COMMANDS = ("score", "connect", "analyze")  # read their own table of a --config file
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The parsed command line; for score, connect and analyze, a --config file's table of that
+    command supplies every option not given on the command line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in CONFIG_COMMANDS and args.config:
+        sub = parser.commands[args.command]
+        table = _read_config(args.config)[args.command]
+        allowed = _config_keys(sub)
+        for key in table:
+            if key not in allowed:
+                raise ValueError(f"{args.config}: unknown key {key!r} in [{args.command}]; allowed: "
+                                 f"{', '.join(sorted(allowed))}")
+        sub.set_defaults(**table)
+        args = parser.parse_args(argv)
+    return args
+
+
+def _config_keys(sub: argparse.ArgumentParser) -> set[str]:
+    """The options of a command that a config table may set."""
+    return {a.dest for a in sub._actions if a.option_strings and a.dest not in ("help", "config", "quiet")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="landscape", description="Explore the energy landscape of a neural-network loss.",
                 epilog="sample and score set the allocator to keep freed memory (see landscape/allocator.py)")
@@ -88,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("db")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.add_argument("--lowest", type=int, default=10, help="how many of the lowest minima to list (default 10, 0: none)")
+    p.commands = sub.choices
     return p
+
+
+def _config_option(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("--config", help=f"TOML file whose [{command}] table gives options (the command line wins)")
 
 
 def _sample_options(s: argparse.ArgumentParser) -> None:
@@ -168,6 +199,7 @@ def _score_options(c: argparse.ArgumentParser) -> None:
 
     pgd, flatness = PGD(), Flatness()
     c.add_argument("db")
+    _config_option(c, "score")
     c.add_argument("--eps", type=float, nargs="+", default=[],
                    help="l-inf radii in input units (needed by sensitivity, pgd and verified)")
     c.add_argument("--quantity", dest="quantities", nargs="+", choices=QUANTITIES, default=["sensitivity"], metavar="Q",
@@ -203,6 +235,7 @@ def _score_options(c: argparse.ArgumentParser) -> None:
 
 def _connect_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("db")
+    _config_option(c, "connect")
     t = c.add_mutually_exclusive_group()
     t.add_argument("--pairs", nargs="+", type=_pair, metavar="A,B", help="pairs of minimum ids to join")
     t.add_argument("--lowest", type=int, default=4,
@@ -228,7 +261,8 @@ def _pair(text: str) -> tuple[int, int]:
 
 def _analyze_options(a: argparse.ArgumentParser) -> None:
     a.add_argument("db")
-    a.add_argument("--out", required=True, help="folder for the figures, minima.csv, summary.json and report.html")
+    _config_option(a, "analyze")
+    a.add_argument("--out", help="folder for the figures, minima.csv, summary.json and report.html (required)")
     a.add_argument("--levels", type=int, default=20, help="energy levels of the disconnectivity graph (default 20)")
     a.add_argument("--resamples", type=int, default=2000,
                    help="bootstrap resamples of each correlation's interval (default 2000)")
@@ -240,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # Ctrl-C while torch is imported (during parsing, or by a command) ends as at any other moment
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return _command(build_parser().parse_args(argv), "landscape " + shlex.join(argv))
+            return _command(_parse(argv), "landscape " + shlex.join(argv))
     except BrokenPipeError:  # the reader of stdout stopped (`landscape inspect DB | head`): end quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush fails silently
         return BROKEN_PIPE_EXIT
@@ -283,7 +317,7 @@ def _sampler_keys() -> tuple[str, ...]:
     return tuple(f.name for f in fields(Settings))
 
 
-def _read_config(path: str) -> tuple[dict, dict]:
+def _read_config(path: str) -> dict[str, dict]:
     if not os.path.isfile(path):
         raise ValueError(f"config file {path} does not exist (runs/ holds examples)")
     with open(path, "rb") as f:
@@ -293,19 +327,21 @@ def _read_config(path: str) -> tuple[dict, dict]:
             raise ValueError(f"{path}: not valid TOML: {e}") from None
     allowed = {"problem": PROBLEM_KEYS, "sample": _sampler_keys() + RUN_KEYS}
     for table, values in cfg.items():
-        if table not in allowed or not isinstance(values, dict):
-            raise ValueError(f"{path}: unknown table [{table}]; use [problem] and [sample]")
-        for key in values:
+        if table not in (*allowed, *CONFIG_COMMANDS) or not isinstance(values, dict):
+            raise ValueError(f"{path}: unknown table [{table}]; use [problem], [sample], "
+                             f"{', '.join(f'[{c}]' for c in CONFIG_COMMANDS)}")
+        for key in values if table in allowed else ():
             if key not in allowed[table]:
                 raise ValueError(f"{path}: unknown key {key!r} in [{table}]; allowed: {', '.join(allowed[table])}")
-    return cfg.get("problem", {}), cfg.get("sample", {})
+    return {table: cfg.get(table, {}) for table in (*allowed, *CONFIG_COMMANDS)}
 
 
 def _sample(args: argparse.Namespace, command: str) -> int:
     from .basinhopping import Settings, sample
     from .database import INTERRUPTED, Database
 
-    cfg_problem, cfg_sample = _read_config(args.config) if args.config else ({}, {})
+    cfg = _read_config(args.config) if args.config else {}
+    cfg_problem, cfg_sample = cfg.get("problem", {}), cfg.get("sample", {})
     given = {k: getattr(args, k) for k in PROBLEM_KEYS if getattr(args, k) is not None}
     prob_opts = {**cfg_problem, **given}
     sampler_keys = _sampler_keys()
@@ -410,6 +446,8 @@ def _connect(args: argparse.Namespace, command: str) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     from .report import analyze
 
+    if not args.out:
+        raise ValueError("give --out DIR: the folder for the report (or 'out' in the config's [analyze] table)")
     rep = analyze(args.db, args.out, levels=args.levels, resamples=args.resamples, seed=args.seed)
     for m in rep.missing:
         print(f"landscape: missing: {m}", file=sys.stderr)
