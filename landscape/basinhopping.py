@@ -58,9 +58,10 @@ from .problem import Problem
 HESSIAN_MODES = ("auto", *hessian.MODES, "none")
 START_MODES = ("walker", "uniform")
 FULL_HESSIAN_MAX_P = 1000
-# what a run counts (uphill: steps whose quench reached another minimum, higher than the walker's, where the
-# temperature decides; abandoned: refinements given up after the time budget's grace period), stored with its CPU
-# and wall seconds
+# what a run counts (converged: quenches that converged and were identified, counted with their outcome, so each
+# is a stored minimum's first find, a hit or a saddle, and a refinement that never ends is not one; uphill: steps
+# whose quench reached another minimum, higher than the walker's, where the temperature decides; abandoned:
+# refinements given up after the time budget's grace period), stored with its CPU and wall seconds
 SAMPLER_COUNTERS = ("steps", "quenches", "converged", "accepted", "uphill", "uphill_accepted", "new_minima",
                     "saddles", "refinements", "abandoned", "nfev")
 AUTO = "auto"  # temperature set from the walkers' first minima
@@ -443,10 +444,10 @@ def _why_empty(c: dict, s: Settings) -> str:
     """Why a run left the database without a minimum, from its counters ``c``."""
     if not c["quenches"]:
         return "no quench finished within the budget: give more minutes (--minutes) or steps (--steps)"
-    if not c["converged"]:
+    if not c["converged"] and not c.get("abandoned", 0):
         return (f"none of the {c['quenches']} quenches converged to RMS gradient <= tol ({s.tol:g}) within maxiter "
                 f"({s.maxiter}) iterations: raise tol or maxiter (--tol, --maxiter), or check the data")
-    return (f"{c['converged']} quenches converged but none was stored ({c['saddles']} saddles, "
+    return (f"{c['converged'] + c.get('abandoned', 0)} quenches converged but none was stored ({c['saddles']} saddles, "
             f"{c.get('abandoned', 0)} refinements abandoned at the time limit): give a longer budget")
 
 
@@ -610,7 +611,6 @@ class _Sampler:
         refining, self.refining[k] = self.refining[k], False
         if not refining:
             c["quenches"] += 1
-            c["converged"] += int(r.converged[j])
         E = float(r.energy[j]) if r.converged[j] else math.inf  # an unconverged quench is no minimum
         found = -1
         if r.converged[j]:
@@ -620,6 +620,10 @@ class _Sampler:
                 self.refining[k] = True
                 self.opt.add(r.x[j][None], np.array([k]), tol=s.refine_tol)
                 return False
+            # counted with its outcome, whose hit or new minimum is reported in the same call: counters saved or
+            # sent with the reports never count a find still being refined (lost when a worker process dies, or
+            # given up after the grace period)
+            c["converged"] += 1
             if outcome == "saddle":
                 c["saddles"] += 1
                 if self.pushes[k] < 3:

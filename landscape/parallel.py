@@ -23,7 +23,8 @@ in 39 (16 seeds x 3 pele runs; two processes for 20 s: 47 of 48).
 In the workers torch runs on one thread (GNU OpenMP hangs in a forked child once the parent has
 used it); the compiled kernel, which handles forks, runs on ``threads``. Ctrl-C: the workers
 ignore SIGINT; this process tells them to stop, and they finish refinements in flight as at a
-time limit. A worker that fails stops the others; what was reported is stored, and the error is
+time limit. A worker that fails stops the others; what was reported is stored, with the counters
+of the failed worker's last report (which count only finds reported by then), and the error is
 raised here. Workers whose writer dies exit at their next report.
 """
 from __future__ import annotations
