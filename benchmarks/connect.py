@@ -18,8 +18,13 @@ does not know the network's symmetries; its own NumPy energy, one network at a t
 by itself, stopping new pairs once --pele-budget CPU-seconds are used. Its transition states are
 checked as that script checks them (finite-difference Hessian, RMS gradient < 1e-6).
 
-usage: OMP_NUM_THREADS=1 python benchmarks/connect.py [--pairs 4] [--seed 0] [--starts 2000]
-       [--repeats 2] [--pele-budget 150] [--no-pele]
+--case all: a discovery database (runs/iris_discovery.toml's settings, --discovery-seconds of
+sampling), then `landscape connect --all` on it through the database (landscape.connecting):
+every stored minimum joined to the global minimum; prints minima, pairs joined, transition
+states, and the connect run's CPU seconds.
+
+usage: OMP_NUM_THREADS=1 python benchmarks/connect.py [--case pairs|all|both] [--pairs 4] [--seed 0]
+       [--starts 2000] [--repeats 2] [--pele-budget 150] [--no-pele] [--discovery-seconds 60]
 """
 from __future__ import annotations
 
@@ -136,6 +141,27 @@ def pele_connect(problem: landscape.Problem, pairs: list[tuple[int, int]], start
                 saddles=len(checks), verified=sum(checks), nfev=count[0])
 
 
+def connect_all(seconds: float, seed: int) -> dict:
+    """Sample a discovery database for ``seconds``, then join every minimum to the global minimum."""
+    import os
+    import tempfile
+    import tomllib
+
+    from landscape.connecting import connect
+
+    with open(os.path.join(os.path.dirname(__file__), os.pardir, "runs", "iris_discovery.toml"), "rb") as fh:
+        cfg = tomllib.load(fh)
+    problem = landscape.Problem.create("iris", hidden=(5,), lam=1e-4, test_fraction=0.0)
+    settings = landscape.Settings(**{k: v for k, v in cfg["sample"].items() if k not in ("minutes", "seed")})
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "discovery.h5")
+        landscape.sample(problem, path, settings, minutes=seconds / 60, seed=seed, progress=False)
+        r = connect(path, every=True, seed=seed, progress=False)
+    return dict(case="connect --all", discovery_seconds=seconds, minima=len(r.pairs) + 1,
+                joined=int(r.connected.sum()), pairs_tried=r.attempts, transition_states=r.transition_states,
+                new_minima=r.new_minima, status=r.status, cpu_seconds=round(r.cpu_seconds, 2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=4)
@@ -144,7 +170,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--pele-budget", type=float, default=150.0)
     ap.add_argument("--no-pele", action="store_true")
+    ap.add_argument("--case", choices=("pairs", "all", "both"), default="pairs")
+    ap.add_argument("--discovery-seconds", type=float, default=60.0)
     a = ap.parse_args()
+    if a.case in ("all", "both"):
+        print(json.dumps(connect_all(a.discovery_seconds, a.seed)), flush=True)
+        if a.case == "all":
+            return
     problem = landscape.Problem.create("iris", hidden=(5,), lam=1e-4, test_fraction=0.0)
     pairs = [(0, i) for i in range(1, a.pairs + 1)]
     rows = [ours(problem, pairs, a.starts, a.seed) for _ in range(a.repeats)]

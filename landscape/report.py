@@ -4,7 +4,8 @@
     summary.json          counts, lowest minima, connectivity, every correlation with its interval,
                           and what was missing
     disconnectivity.png   the disconnectivity graph, leaves coloured by a sensitivity where scored
-    energy_vs_scores.png  each score against the energy, with Spearman's rho
+    energy_vs_sensitivity.png  each sensitivity against the energy, with Spearman's rho
+    energy_vs_scores.png  each score against the energy
     scores_vs_sensitivity.png  accuracy, loss and flatness scores against the first sensitivity
     report.html           all of it in one self-contained page (figures inline; opens offline)
 
@@ -90,25 +91,34 @@ def _study_columns(db: Database) -> list[str]:
 
 def _correlations(table, columns: list[str], resamples: int, seed: int
                   ) -> tuple[list[analysis.Correlation], dict[str, str]]:
-    """Every study quantity against the energy, and every other one against the first sensitivity."""
+    """Every study quantity against the energy, and every other one against the reference sensitivity."""
     options = dict(resamples=resamples, seed=seed)
     cors, skipped = analysis.correlations(table, ("energy",), columns, **options)
-    sens = [c for c in columns if c.startswith("sensitivity")]
+    sens = _reference_sensitivity(columns)
     if sens:
         others = [c for c in columns if not c.startswith("sensitivity")]
-        more, skipped2 = analysis.correlations(table, (sens[0],), others, **options)
+        more, skipped2 = analysis.correlations(table, (sens,), others, **options)
         cors, skipped = cors + more, {**skipped, **skipped2}
     return cors, skipped
 
 
+def _reference_sensitivity(columns: list[str]) -> str | None:
+    """The sensitivity that colours the graph and that other scores are set against: IBP before
+    CROWN, the mean of logs before the log of the mean, the largest eps (labels sort by eps)."""
+    sens = [c for c in columns if c.startswith("sensitivity")]
+    return min(sens, key=lambda c: ("_ibp_" not in c, c.endswith("_log_mean"), -sens.index(c)), default=None)
+
+
 def _write_figures(report: Report, table, ts, cors: list[analysis.Correlation], levels: int) -> None:
-    sens = [c for c in table.columns if c.startswith("sensitivity")]
-    values = table[sens[0]].to_numpy() if sens else None
+    sens = _reference_sensitivity(list(table.columns))
+    values = table[sens].to_numpy() if sens else None
     fig = disconnectivity.draw(table["energy"].to_numpy(), ts.minima, ts.energy, values=values,
-                               value_label=sens[0] if sens else "", levels=levels,
+                               value_label=sens or "", levels=levels,
                                title="disconnectivity graph")
     plots.save(fig, _file(report, "disconnectivity.png"))
-    for name, pairs in (("energy_vs_scores.png", [c for c in cors if c.x == "energy"]),
+    for name, pairs in (("energy_vs_sensitivity.png", [c for c in cors if c.x == "energy"
+                                                        and c.y.startswith("sensitivity")]),
+                        ("energy_vs_scores.png", [c for c in cors if c.x == "energy"]),
                         ("scores_vs_sensitivity.png", [c for c in cors if c.x != "energy"])):
         if pairs:
             plots.save(plots.scatter(table, pairs), _file(report, name))
