@@ -139,8 +139,11 @@ def connectivity(n_minima: int, pairs: np.ndarray, root: int) -> dict:
     ``root`` (itself included)."""
     import networkx as nx
 
+    pairs = np.asarray(pairs).reshape(-1, 2)
+    if not len(pairs):  # every minimum is its own tree
+        return {"components": n_minima, "connected_to_global_minimum": min(n_minima, 1)}
     g = nx.Graph()
     g.add_nodes_from(range(n_minima))
-    g.add_edges_from((int(a), int(b)) for a, b in np.asarray(pairs).reshape(-1, 2))
+    g.add_edges_from((int(a), int(b)) for a, b in pairs)
     return {"components": nx.number_connected_components(g),
             "connected_to_global_minimum": len(nx.node_connected_component(g, root)) if n_minima else 0}
