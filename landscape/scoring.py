@@ -222,7 +222,7 @@ def _score(db: Database, r: _Request, progress: bool, command: str) -> ScoreResu
                       n_points=result.n_points, aggregation=r.aggregation, verify_method=r.verify_method,
                       pgd=asdict(r.pgd), flatness=asdict(r.flatness))
     _check_coords(db, np.unique(np.concatenate(todo)))
-    rid = db.start_run(command, 0, parameters, {}, kind="score", counters=("computed",), swmr=False)
+    rid = db.start_run(command, 0, parameters, {}, kind="score", counters=("computed",))
     status, computed = FAILED, 0
     try:
         ends = np.cumsum([len(job.kinds) for job in jobs])

@@ -252,3 +252,31 @@ def test_score_kind_identity_ignores_the_point_count_and_labels_are_readable():
     b = ScoreKind("sensitivity", 0.1, "standardised features", "ibp", "logits", "test", "mean_log", 30)
     assert a.key() == b.key() and a.label() == "sensitivity_logits_ibp_eps0.1_test"
     assert ScoreKind("accuracy", split="test").label() == "accuracy_test"
+
+
+def test_a_killed_score_leaves_a_file_every_command_takes(sampled, tmp_path, capsys):
+    """score writes in SWMR mode, as sample does: SIGKILLed mid-run, its file is read by inspect and
+    taken over by the next score (before, every command refused it as damaged)."""
+    path = tmp_path / "killed.h5"
+    shutil.copyfile(sampled, path)
+    eps = [str(0.3 + 0.01 * i) for i in range(20)]
+    proc = subprocess.Popen([sys.executable, "-m", "landscape.cli", "score", str(path), "--quantity", "pgd",
+                             "--pgd-steps", "2000", "--pgd-restarts", "4", "--quiet", "--eps", *eps],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until its run is recorded and it writes
+        try:
+            with Database(path) as db:
+                if db.runs(kind="score"):
+                    break
+        except DatabaseError:
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the score run ended before it could be killed"
+    proc.kill()
+    proc.wait(timeout=30)
+    assert main(["inspect", str(path), "--lowest", "0"]) == 0
+    assert "killed (never ended)" in capsys.readouterr().out
+    assert main(["score", str(path), "--eps", "0.2", "--quiet"]) == 0
+    with Database(path) as db:
+        assert [r["status"] for r in db.runs(kind="score")] == ["killed (never ended)", "completed"]
