@@ -504,10 +504,11 @@ class Database:
 
     # -- runs ----------------------------------------------------------------------------------
     def start_run(self, command: str, seed: int, parameters: dict, walker_shapes: dict[str, tuple],
-                  kind: str = "sample", counters: tuple[str, ...] = COUNTERS, swmr: bool = True) -> int:
+                  kind: str = "sample", counters: tuple[str, ...] = COUNTERS) -> int:
         """Open a new run group of command ``kind`` and allocate its walker-state datasets
-        (``walker_shapes``: name -> (shape, dtype, description)); returns the run id. With
-        ``swmr`` the file is afterwards in SWMR mode: rows can be written, nothing created."""
+        (``walker_shapes``: name -> (shape, dtype, description)); returns the run id. Afterwards
+        the file is in SWMR mode (rows can be written, nothing created), whose ordered writes leave a
+        killed run's file readable and recoverable."""
         runs = self.f["runs"]
         rid = len(runs)
         g = runs.create_group(str(rid))
@@ -523,8 +524,7 @@ class Database:
             wg.create_dataset(name, shape, dtype=dt, fletcher32=True).attrs["description"] = desc
         self.f.attrs["writer"] = json.dumps(_process())
         self.f.flush()
-        if swmr:
-            self.f.swmr_mode = True
+        self.f.swmr_mode = True
         return rid
 
     def save_run_state(self, rid: int, counters: dict, walkers: dict[str, np.ndarray]) -> None:
@@ -537,9 +537,8 @@ class Database:
     def end_run(self, rid: int, status: str) -> None:
         """Close SWMR mode (reopening the file) and stamp the run's end (``status``: COMPLETED,
         TIME_UP, INTERRUPTED or FAILED)."""
-        if self.f.swmr_mode:
-            self.f.close()
-            self.f, self._ds = _open(self.path, "a"), {}
+        self.f.close()
+        self.f, self._ds = _open(self.path, "a"), {}
         self.f[f"runs/{rid}"].attrs.update(ended=_now(), status=status)
         self.f.flush()
 
