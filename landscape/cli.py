@@ -288,7 +288,6 @@ def main(argv: list[str] | None = None) -> int:
 def _command(args: argparse.Namespace, command: str) -> int:
     """Run the parsed command; ``command``: the command line, recorded with the run."""
     if args.command == "inspect":
-        _inspect_names()
         return _inspect(args)
     if args.command == "analyze":
         return _analyze(args)
@@ -455,15 +454,10 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inspect_names() -> None:
-    """Import what ``_inspect`` reads from this module's globals (until it moves to its own module)."""
-    global Database, describe, from_dicts
-    from .database import Database
-    from .loss import describe, from_dicts
-
-
 def _inspect(args: argparse.Namespace) -> int:
     from .analysis import summary
+    from .database import Database
+    from .loss import describe, from_dicts
 
     with Database(args.db) as db:
         s = summary(db, args.lowest)
