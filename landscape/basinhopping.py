@@ -49,7 +49,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from . import allocator, hessian, parallel
-from .database import COMPLETED, FAILED, INTERRUPTED, TIME_UP, Database, Minima
+from .database import COMPLETED, FAILED, INT64_END, INTERRUPTED, TIME_UP, Database, Minima, check_seed
 from .energy import Energy
 from .identify import MinimaIndex, Point, tolerances
 from .minimize import LBFGS, minimize
@@ -70,6 +70,7 @@ GRACE_FRACTION, GRACE_MIN_SECONDS = 0.1, 5.0  # refinements may run this long pa
 # a warning when the acceptance of uphill steps is outside these bounds, judged once the walkers took this many
 # adaptation windows on average and this many steps went uphill
 ACCEPTANCE_BOUNDS, JUDGE_AFTER_WINDOWS, JUDGE_MIN_UPHILL = (0.05, 0.95), 2, 100
+MAX_THREADS = 1024  # threads (and processes) of a run at most: more is a typo, and torch's count is a C int
 
 
 class SamplingWarning(UserWarning):
@@ -138,8 +139,8 @@ class Settings:
                 raise ValueError(f"setting {f.name} must be a finite number, got {v!r}")
             object.__setattr__(self, f.name, want(v))  # plain Python values: the settings are stored as JSON
         for name in ("walkers", "adapt_every", "reseed_after", "maxiter", "memory"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            if not 1 <= getattr(self, name) < INT64_END:
+                raise ValueError(f"{name} must be in [1, 2**63), got {getattr(self, name)}")
         for name in ("temperature", "step", "tol", "refine_tol", "maxstep", "init_scale"):
             if getattr(self, name) != AUTO and not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -297,17 +298,17 @@ def _check_arguments(problem: Problem, settings: Settings, steps: int | None, mi
         raise ValueError(RELU_REFUSAL)
     if steps is None and minutes is None:
         raise ValueError("give a budget: steps (per walker) or minutes")
-    if steps is not None and not (_is_int(steps) and steps >= 1):
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if steps is not None and not (_is_int(steps) and 1 <= steps < INT64_END):
+        raise ValueError(f"steps must be an integer in [1, 2**63), got {steps!r}")
     if minutes is not None and not (isinstance(minutes, numbers.Real) and not isinstance(minutes, bool)
                                     and 0 < minutes < math.inf):
         raise ValueError(f"minutes must be a finite number > 0, got {minutes!r}")
-    if not (_is_int(threads) and _is_int(processes) and threads >= 1 and processes >= 1):
-        raise ValueError(f"threads and processes must be integers >= 1, got {threads!r} and {processes!r}")
+    if not (_is_int(threads) and _is_int(processes) and 1 <= threads <= MAX_THREADS and 1 <= processes <= MAX_THREADS):
+        raise ValueError(f"threads and processes must be integers in [1, {MAX_THREADS}], got {threads!r} and "
+                         f"{processes!r}")
     if processes > 1 and not parallel.AVAILABLE:
         raise ValueError("processes > 1 needs the fork start method (Linux); use processes = 1")
-    if not (_is_int(seed) and seed >= 0):
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_seed(seed)
 
 
 def _check_new_walkers(settings: Settings, P: int, processes: int) -> None:

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from . import transitions
-from .database import COMPLETED, FAILED, INTERRUPTED, TIME_UP, Database
+from .database import COMPLETED, FAILED, INTERRUPTED, TIME_UP, Database, check_seed
 from .identify import MinimaIndex
 
 COUNTERS = ("attempts", "transition_states", "new_minima", "joined", "nfev", "cpu_seconds", "wall_seconds")
@@ -61,9 +61,9 @@ def connect(db: str | os.PathLike | Database, pairs: Sequence[tuple[int, int]] |
 
 
 def _check_budget(seed, max_attempts, minutes, lowest) -> None:
-    for name, v in (("seed", seed), ("lowest", lowest)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "seed" else 1):
-            raise ValueError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {v!r}")
+    check_seed(seed)
+    if isinstance(lowest, bool) or not isinstance(lowest, (int, np.integer)) or lowest < 1:
+        raise ValueError(f"lowest must be an integer >= 1, got {lowest!r}")
     if max_attempts is not None and not (isinstance(max_attempts, (int, np.integer)) and max_attempts >= 1):
         raise ValueError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
     if minutes is not None and not (isinstance(minutes, (int, float)) and 0 < minutes < math.inf):

@@ -85,6 +85,7 @@ from .problem import Problem
 
 FORMAT = "landscape"
 SCHEMA_VERSION = 2
+INT64_END = 2**63  # a run's seed is stored as an int64 attribute: seeds are in [0, INT64_END)
 N_EIGENVALUES = 3
 COUNTERS = ("steps", "quenches", "converged", "accepted", "new_minima", "saddles", "refinements", "nfev",
             "cpu_seconds", "wall_seconds")
@@ -509,6 +510,7 @@ class Database:
         (``walker_shapes``: name -> (shape, dtype, description)); returns the run id. Afterwards
         the file is in SWMR mode (rows can be written, nothing created), whose ordered writes leave a
         killed run's file readable and recoverable."""
+        check_seed(seed)
         runs = self.f["runs"]
         rid = len(runs)
         g = runs.create_group(str(rid))
@@ -621,6 +623,12 @@ class Database:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_seed(seed: object) -> None:
+    """Refuse a seed that is not an integer in [0, 2**63) (the range of the int64 attribute that stores it)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < INT64_END:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
 
 
 def _write_row(ds: h5py.Dataset, n: int, value) -> None:

@@ -104,7 +104,8 @@ def test_shipped_configs_run(tmp_path, capsys, name):
 @pytest.mark.parametrize("case", ["unknown option", "config typo", "not hdf5", "other problem", "missing db",
                                   "bad value", "no budget", "config type", "negative visit bias",
                                   "processes", "more processes than walkers", "resume with other walkers",
-                                  "resume with a seed", "negative lowest"])
+                                  "resume with a seed", "negative lowest", "seed 2**64", "connect seed 2**64",
+                                  "maxiter 2**63"])
 def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case):
     db = tmp_path / "x.h5"
     assert main(["sample", str(db), *FAST, "--steps", "1"]) == 0
@@ -142,6 +143,12 @@ def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case)
         argv = ["sample", str(db), "--resume", "--seed", "3", "--steps", "1"]
     elif case == "negative lowest":
         argv = ["inspect", str(db), "--lowest", "-1"]
+    elif case == "seed 2**64":  # the file stores a run's seed as int64: refused before the run group is made
+        argv = ["sample", str(db), "--seed", str(2**64), "--steps", "1", "--quiet"]
+    elif case == "connect seed 2**64":
+        argv = ["connect", str(db), "--seed", str(2**64), "--quiet"]
+    elif case == "maxiter 2**63":
+        argv = ["sample", str(db), "--maxiter", str(2**63), "--steps", "1", "--quiet"]
     else:
         argv = ["sample", str(db), "--quiet"]
     before = target.read_bytes()
@@ -166,8 +173,14 @@ def test_bad_input_is_one_line_exit_2_and_file_unchanged(tmp_path, capsys, case)
     pytest.param(["sample", "{db}", "--walkers", "100000000", "--steps", "1"],
                  marks=pytest.mark.skipif(allocator.available_bytes() is None, reason="free memory unknown here")),
     ["score", "{db}", "--eps", "0.1"],
+    ["sample", "{db}", "--seed", str(2**64), "--steps", "1"],
+    ["sample", "{db}", "--seed", str(2**63), "--steps", "1"],
+    ["sample", "{db}", "--steps", str(2**63)],
+    ["sample", "{db}", "--maxiter", str(2**63), "--steps", "1"],
+    ["sample", "{db}", "--threads", str(2**32), "--steps", "1"],
 ], ids=["infinite step", "NaN temperature", "negative lam", "negative seed", "processes", "resume",
-        "uniform start, adaptive step", "walkers beyond memory", "score"])
+        "uniform start, adaptive step", "walkers beyond memory", "score", "seed 2**64", "seed 2**63", "steps 2**63",
+        "maxiter 2**63", "threads 2**32"])
 def test_bad_input_for_a_new_path_creates_no_file(tmp_path, capsys, argv):
     """Refused before anything is written: no (empty) database is left behind."""
     db = tmp_path / "new.h5"
