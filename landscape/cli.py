@@ -10,7 +10,8 @@ Errors are one line on stderr with exit status 2; nothing already in the databas
 Warnings of the sampler (e.g. a temperature that accepts every step) are one line each,
 ``landscape: warning: ...``. Ctrl-C at any moment ends with exit status 130 (128 + SIGINT, as shells
 expect) after keeping what was written: an interrupted ``sample`` stores its walkers, prints its
-summary and can be resumed. Output into a pipe whose reader has stopped ends quietly with status
+summary and can be resumed. SIGTERM (``kill``, a batch system's end of a job) is handled as Ctrl-C is,
+with exit status 143 (128 + SIGTERM); the handler is installed for the command only. Output into a pipe whose reader has stopped ends quietly with status
 141 (128 + SIGPIPE). Arguments are parsed before torch and the heavy modules are imported, so
 ``--version`` and errors in the command line come at once. For ``sample`` and ``score`` the
 command sets the process's allocator to keep freed memory (see landscape/allocator.py); the
@@ -19,13 +20,16 @@ Python API leaves it alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import tomllib
 import warnings
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import __version__, allocator
 
@@ -38,6 +42,7 @@ PROBLEM_KEYS = ("data", "data_path", "label_column", "scaling", "test_fraction",
                 "sensitivity_weight", "sensitivity_eps", "sensitivity_method", "sensitivity_space")
 RUN_KEYS = ("steps", "minutes", "seed", "threads", "processes")
 INTERRUPTED_EXIT = 130  # 128 + SIGINT
+TERMINATED_EXIT = 143  # 128 + SIGTERM
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE
 
 
@@ -271,6 +276,37 @@ def _analyze_options(a: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    with _sigterm_as_ctrl_c() as terminated:
+        code = _main(argv)
+    return TERMINATED_EXIT if terminated and code == INTERRUPTED_EXIT else code
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[list[int]]:
+    """While the command runs (in the main thread), SIGTERM does what SIGINT does now: the SIGINT
+    handler in place runs (a KeyboardInterrupt where SIGINT is ignored); the list yielded gets the
+    signal's number when one came. The previous SIGTERM handler is restored afterwards."""
+    received: list[int] = []
+
+    def handler(signum: int, frame) -> None:
+        received.append(signum)
+        on_int = signal.getsignal(signal.SIGINT)
+        if not callable(on_int):
+            raise KeyboardInterrupt
+        on_int(signal.SIGINT, frame)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str]) -> int:
+    """The command ``argv``; its exit status."""
     try:  # Ctrl-C while torch is imported (during parsing, or by a command) ends as at any other moment
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

@@ -99,6 +99,7 @@ def _work(conn: connection.Connection, inherited: list[connection.Connection], s
     ``status`` or ``error``. It closes the writer's ends of the pipes (``inherited``), so that
     when the writer dies its sends fail at once; it also stops when it finds itself orphaned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the writer's handler (the command's) is not the worker's
     torch.set_num_threads(1)
     for c in inherited:
         c.close()

@@ -302,6 +302,26 @@ def test_ctrl_c_keeps_the_run_and_exits_130(tmp_path, processes):
         assert [r["status"] for r in d.runs()] == ["interrupted by user", "completed"] and len(d) >= n
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_is_handled_as_ctrl_c_and_exits_143(tmp_path, processes):
+    """SIGTERM (kill, a batch system's end of a job) to a running sample: as Ctrl-C, its walkers are
+    saved and its summary printed, with exit status 143; the run can be resumed."""
+    db = tmp_path / "t.h5"
+    proc = _sampling(db, processes)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert err == b"" and out.count(b"\n") == 1 and b"(interrupted by user)" in out
+    with Database(db) as d:
+        (run,) = d.runs()
+        n = len(d)
+    assert run["status"] == "interrupted by user" and run["counters"]["steps"] > 0 and n >= 1
+    assert main(["sample", str(db), "--resume", "--steps", "2", "--quiet"]) == 0
+    with Database(db) as d:
+        assert [r["status"] for r in d.runs()] == ["interrupted by user", "completed"] and len(d) >= n
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the command's handler is gone after it
+
+
 def test_ctrl_c_outside_sampling_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     """Ctrl-C in any command (here while scoring) gives one line, not a traceback, and 130."""
     db = str(tmp_path / "s.h5")
