@@ -391,22 +391,39 @@ def _walk(plan: _Plan, db: Database, walkers: _Walkers, params: dict, progress: 
 
 def _start(path: str, problem: Problem, settings: Settings, seed: int, resume: bool) -> tuple[_Walkers, int]:
     """The walkers of the last run in the database at ``path`` and the seed of the run they came
-    from (``resume``), or ``settings.walkers`` new ones at N(0, init_scale^2) weights drawn from
+    from (``resume``; as many new ones drawn from that seed, with a warning, when that run never
+    saved its walkers), or ``settings.walkers`` new ones at N(0, init_scale^2) weights drawn from
     their own streams and ``seed``."""
     P = problem.model.n_params
     if not resume:
-        walkers = _Walkers(settings.walkers, P, seed, settings)
-        for k, r in enumerate(walkers.rngs):
-            walkers.x[k] = r.normal(0.0, settings.init_scale, P)
-        return walkers, seed
+        return _new_walkers(settings.walkers, P, seed, settings), seed
     with Database(path, problem) as db:
         previous = db.runs(kind="sample")
         if not previous:
             raise ValueError(f"{db.path} has no run to resume; drop --resume")
         state = db.walker_state(previous[-1]["id"])
-    walkers = _Walkers(len(state["energy"]), P, seed, settings)
+    K, seed = len(state["energy"]), _origin_seed(previous)
+    if not _saved(state):
+        warnings.warn(f"run {previous[-1]['id']} ended before it saved its walkers: starting {K} new walkers from "
+                      f"its seed {seed}", SamplingWarning, stacklevel=2)
+        return _new_walkers(K, P, seed, settings), seed
+    walkers = _Walkers(K, P, seed, settings)
     walkers.restore(state)
-    return walkers, _origin_seed(previous)
+    return walkers, seed
+
+
+def _new_walkers(K: int, P: int, seed: int, settings: Settings) -> _Walkers:
+    """K new walkers at N(0, init_scale^2) weights drawn from their own streams, spawned from ``seed``."""
+    walkers = _Walkers(K, P, seed, settings)
+    for k, r in enumerate(walkers.rngs):
+        walkers.x[k] = r.normal(0.0, settings.init_scale, P)
+    return walkers
+
+
+def _saved(state: dict[str, np.ndarray]) -> bool:
+    """Was this walker state written? A PCG64 increment is odd, so the zeros of a state allocated
+    and never written (a run killed before its first save) show in its random streams."""
+    return bool(len(state["rng"]) and (state["rng"][:, 3] % 2 == 1).all())
 
 
 def _origin_seed(runs: list[dict]) -> int:

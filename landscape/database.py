@@ -33,7 +33,8 @@ SWMR mode (which can create nothing) can write any of them::
     /runs/<id>             attrs: kind (sample, score, connect, ...), command, seed, parameters
                            (JSON), software, started, ended, status
     /runs/<id>/counters    (C,)    float64  names in attr 'names'
-    /runs/<id>/walkers/*   walker state that --resume continues from
+    /runs/<id>/walkers/*   walker state that --resume continues from (zeros until the run first saves it;
+                           once saved, rng's 4th column, the low word of a PCG64 increment, is odd)
 
 A minimum keeps its id (row) forever. Refining it in place (:meth:`Database.update_minimum`)
 raises its coordinate version; a score computed from an older version is stale: readers see

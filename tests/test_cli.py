@@ -322,6 +322,46 @@ def test_sigterm_is_handled_as_ctrl_c_and_exits_143(tmp_path, processes):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the command's handler is gone after it
 
 
+def test_resume_of_a_run_killed_before_it_saved_its_walkers_starts_new_walkers(tmp_path, capsys):
+    """SIGKILL as soon as the run group exists, before the first save: its walker state is the
+    zeros it was allocated with. --resume says so in one line and starts new walkers from the
+    run's seed (before, it resumed walkers at w = 0 with an all-zero random stream)."""
+    db = tmp_path / "z.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "landscape.cli", "sample", str(db), *FAST, "--seed", "7",
+                             "--minutes", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _wait_for_run_group(db, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with Database(db) as d:
+        assert not d.walker_state(0)["rng"].any()  # killed before the first save
+    code, out, err = run(capsys, "sample", str(db), "--resume", "--steps", "3", "--quiet")
+    assert code == 0 and "(completed)" in out
+    assert err == "landscape: warning: run 0 ended before it saved its walkers: starting 4 new walkers from its " \
+                  "seed 7\n"
+    with Database(db) as d:
+        runs = d.runs()
+        assert len(d) >= 1 and runs[1]["counters"]["new_minima"] >= 1 and runs[1]["seed"] == 7
+        assert d.walker_state(1)["rng"][:, 3].all()
+
+
+def _wait_for_run_group(db, proc: subprocess.Popen) -> None:
+    """Return once the sampling process ``proc`` has made its first run group in ``db`` (SWMR mode)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        try:
+            with Database(db) as d:
+                if d.f.swmr_mode and "0" in d.f["runs"]:
+                    return
+        except (database.DatabaseError, OSError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError("the run never started writing")
+
+
 def test_ctrl_c_outside_sampling_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     """Ctrl-C in any command (here while scoring) gives one line, not a traceback, and 130."""
     db = str(tmp_path / "s.h5")
