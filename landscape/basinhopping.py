@@ -36,13 +36,17 @@ Defaults are :class:`Settings`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -373,7 +377,8 @@ def _walk(plan: _Plan, db: Database, walkers: _Walkers, params: dict, progress: 
     try:
         if plan.processes == 1:
             sampler = plan.sampler(plan.energy, walkers, stored, store)
-            status = sampler.run(plan.deadline, budget)
+            with _ctrl_c_remembered() as interrupted:
+                status = sampler.run(plan.deadline, budget, interrupted=interrupted.is_set)
             counters = sampler.totals()
         else:
             def make(part: dict[str, np.ndarray], out) -> _Sampler:  # called in a worker process
@@ -387,6 +392,28 @@ def _walk(plan: _Plan, db: Database, walkers: _Walkers, params: dict, progress: 
         bar.close()
         db.end_run(run_id, status)
     return run_id, status, counters
+
+
+@contextlib.contextmanager
+def _ctrl_c_remembered() -> Iterator[threading.Event]:
+    """While the sampler runs in this (main) thread, SIGINT sets the event yielded and raises
+    KeyboardInterrupt: the loop checks the event too, so an interrupt raised inside a finaliser
+    or weakref callback, where Python prints and drops it, still ends the run. The previous
+    handler comes back afterwards."""
+    interrupted = threading.Event()
+
+    def handler(signum: int, frame) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _start(path: str, problem: Problem, settings: Settings, seed: int, resume: bool) -> tuple[_Walkers, int]:
@@ -563,11 +590,12 @@ class _Sampler:
         self.hits = stored.hits.tolist()  # times each known minimum was found, this run's finds included
 
     # -- main loop -----------------------------------------------------------------------------
-    def run(self, deadline: float, budget: int, stop=None) -> str:
+    def run(self, deadline: float, budget: int, stop=None, interrupted=None) -> str:
         """Advance the walkers until each took ``budget`` steps, ``time.perf_counter()`` passes
         ``deadline`` or ``stop()`` is true; then plain quenches are abandoned and refinements (each
-        may be a new minimum) finish within the grace period, or are abandoned too. Returns the
-        run's status."""
+        may be a new minimum) finish within the grace period, or are abandoned too. A
+        KeyboardInterrupt, or ``interrupted()`` true after a batch, ends the run at once as
+        interrupted. Returns the run's status."""
         w = self.walkers
         self.t0, self.c0 = time.perf_counter(), time.process_time()
         w.steps[:] = 0  # the step budget counts within this run
@@ -577,6 +605,8 @@ class _Sampler:
         try:
             while len(self.opt):
                 done = self.opt.step()
+                if interrupted is not None and interrupted():
+                    raise KeyboardInterrupt  # one raised where Python swallows it (a finaliser) ends the run here
                 self.counters["nfev"] = self.energy.nfev
                 if stopped == math.inf and (time.perf_counter() > deadline or stop is not None and stop()):
                     status, stopped = TIME_UP, time.perf_counter()
