@@ -29,7 +29,9 @@ SWMR mode (which can create nothing) can write any of them::
                                             `kind`, computed from coordinate version `version`
     /attempts/*            (A, ..)          double-ended searches tried: minima (A, 2), transition_states
                                             (how many it found), run
-    /networks/*            (T, ..)          trained networks: coords, objective (JSON), seed, run
+    /networks/*            (T, ..)          trained networks (`landscape train`): coords, objective (JSON:
+                                            objective, its parameters, training settings), seed, run;
+                                            their evaluations are scores of table 2
     /runs/<id>             attrs: kind (sample, score, connect, ...), command, seed, parameters
                            (JSON), software, started, ended, status
     /runs/<id>/counters    (C,)    float64  names in attr 'names'
@@ -217,6 +219,20 @@ class TransitionStates:
 
     def __len__(self) -> int:
         return len(self.energy)
+
+
+@dataclass
+class Networks:
+    """All stored trained networks (T rows): ``coords`` (T, P) or None when left out, ``objective``
+    (T dicts: what each was trained with), ``seed`` and ``run`` (T,)."""
+
+    coords: np.ndarray | None
+    objective: list[dict]
+    seed: np.ndarray
+    run: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.seed)
 
 
 class Database:
@@ -569,6 +585,47 @@ class Database:
 
     def walker_state(self, rid: int) -> dict[str, np.ndarray]:
         return {k: self._read(v) for k, v in self.f[f"runs/{rid}/walkers"].items()}
+
+    # -- trained networks ----------------------------------------------------------------------
+    def add_network(self, coords: np.ndarray, objective: str, seed: int, run: int) -> int:
+        """Append a trained network: ``coords`` (P,) in the problem's layout, ``objective`` the JSON of
+        what it was trained with (at most 1024 bytes), its training ``seed`` and ``run``; returns its id.
+        Its evaluation is stored as scores of table 'networks' (:meth:`write_scores`)."""
+        text = objective.encode()
+        if len(text) > 1024:
+            raise ValueError(f"a network's objective JSON holds at most 1024 bytes, got {len(text)}")
+        return self._append("networks", dict(coords=coords, objective=text, seed=seed, run=run))
+
+    def networks(self, coords: bool = True) -> Networks:
+        """Every stored trained network (empty for a file that has none)."""
+        tables = self._table("networks")
+        n = self._rows(tables)
+        if not n:
+            return Networks(np.zeros((0, self.problem.model.n_params)) if coords else None, [],
+                            np.zeros(0, np.int64), np.zeros(0, np.int64))
+        objective = [json.loads(v.decode()) for v in self._read(tables["objective"], slice(0, n))]
+        return Networks(self._read(tables["coords"], slice(0, n)) if coords else None, objective,
+                        self._read(tables["seed"], slice(0, n)), self._read(tables["run"], slice(0, n)))
+
+    def network_scores(self) -> dict[str, tuple[np.ndarray, ScoreKind]]:
+        """Every score of the trained networks, by label, sorted by kind: (values (T,), kind), NaN
+        where not computed."""
+        kinds = self.score_kinds()
+        out = {}
+        for i in sorted(range(len(kinds)), key=lambda i: kinds[i].sort_key()):
+            values, versions = self.score_values(i, table="networks")
+            if (versions >= 0).any():
+                out[kinds[i].label()] = (values, kinds[i])
+        return out
+
+    def trained_network(self, id_: int):
+        """Trained network ``id_`` as a ``torch.nn.Module`` on raw inputs, preprocessing included
+        (as :meth:`network` for a minimum): logits (N, C), float64."""
+        from .models import with_preprocessing
+
+        shift, scale = self.preprocessing()
+        w = self._rows_of("networks", "coords", np.array([id_]))[0]
+        return with_preprocessing(self.problem.model.to_module(w), shift, scale)
 
     # -- views ---------------------------------------------------------------------------------
     def table(self):
