@@ -147,3 +147,115 @@ def connectivity(n_minima: int, pairs: np.ndarray, root: int) -> dict:
     g.add_edges_from((int(a), int(b)) for a, b in pairs)
     return {"components": nx.number_connected_components(g),
             "connected_to_global_minimum": len(nx.node_connected_component(g, root)) if n_minima else 0}
+
+
+COMPARISON_EPS = 0.05  # eps of the sensitivity column when no file's loss has a sensitivity term
+
+
+def compare(dbs, eps: float | None = None) -> list[dict]:
+    """Landscapes side by side (e.g. the same problem sampled with and without the sensitivity
+    term): one row of plain data per open :class:`Database` in ``dbs``, over all its minima:
+
+    - ``n_minima``; ``energy_min``/``_median``/``_max`` (each file's own E);
+    - ``zeros_median``: weight-matrix entries exactly 0 (minima on the kinks of the IBP term);
+    - ``sensitivity_median``/``_global_min``: IBP mean log-volume of the logits (nats) over the
+      ``split`` points at ``eps`` (default: the eps of the first sensitivity term among the files,
+      else 0.05), the stored score where current, computed otherwise (``sensitivity_source``);
+    - ``accuracy_median``/``_global_min`` on ``split`` (the test split where the problem has one);
+    - ``log_det_median``/``_global_min``: flatness, the log-determinant of the Hessian of the
+      file's E over its non-zero modes (:mod:`landscape.flatness`), restricted to the face of each
+      minimum (its non-zero coordinates, :mod:`landscape.identify`); NaN above 1000 parameters.
+    """
+    import robustness
+    import torch
+
+    from . import loss as loss_mod
+    from .flatness import Flatness, spectrum_log_det
+    from .identify import face
+
+    dbs = list(dbs)
+    if eps is None:
+        eps = next((t.eps for db in dbs for t in db.problem.loss if isinstance(t, loss_mod.Sensitivity)),
+                   COMPARISON_EPS)
+    rows = []
+    for db in dbs:
+        problem = db.problem
+        m = db.minima()
+        if not len(m):
+            raise ValueError(f"{db.path} holds no minima yet: run landscape sample first")
+        ds = problem.dataset()
+        split = "test" if len(ds.y_test) else "train"
+        X, y = (ds.X_test, ds.y_test) if split == "test" else (ds.X_train, ds.y_train)
+        x = torch.from_numpy(X).reshape(len(X), *problem.model.input_shape)
+        domain = (0.0, 1.0) if ds.scaling == "unit" else None
+        W = m.coords
+        order = np.argsort(m.energy, kind="stable")
+        g = int(order[0])
+        sens, source = _stored_sensitivity(db, eps, split), "stored"
+        missing = np.isnan(sens)
+        if missing.any():
+            with torch.no_grad():
+                s = robustness.log_volume(problem.model.to_network(torch.from_numpy(W[missing])), x, eps,
+                                          method="ibp", space="logits", domain=domain)
+            sens[missing] = s.mean.numpy()
+            source = "computed" if missing.all() else "stored and computed"
+        with torch.no_grad():
+            acc = robustness.clean_accuracy(problem.model.to_network(torch.from_numpy(W)), x,
+                                            torch.from_numpy(y)).numpy()
+        energy = problem.energy()
+        kinks = energy.kinks if energy.kinks is not None else loss_mod.kink_mask(
+            (*problem.loss, loss_mod.Sensitivity(1.0, 1.0)), problem.model)
+        zeros = ((W == 0) & kinks).sum(1)
+        log_det = np.full(len(W), np.nan)
+        if problem.model.n_params <= 1000:
+            for i, w in enumerate(W):
+                free = face(energy, w)
+                eig = np.linalg.eigvalsh(energy.hessian(w)[np.ix_(free, free)])
+                log_det[i] = spectrum_log_det(eig, Flatness.cutoff)[0]
+        rows.append({
+            "file": db.path, "loss": loss_mod.describe(problem.loss), "n_minima": len(W),
+            "energy_min": float(m.energy[g]), "energy_median": float(np.median(m.energy)),
+            "energy_max": float(m.energy.max()), "zeros_median": float(np.median(zeros)),
+            "split": split, "eps": float(eps),
+            "sensitivity_median": float(np.median(sens)), "sensitivity_global_min": float(sens[g]),
+            "sensitivity_source": source,
+            "accuracy_median": float(np.median(acc)), "accuracy_global_min": float(acc[g]),
+            "log_det_median": float(np.nanmedian(log_det)) if np.isfinite(log_det).any() else math.nan,
+            "log_det_global_min": float(log_det[g]),
+        })
+    return rows
+
+
+def _stored_sensitivity(db: Database, eps: float, split: str) -> np.ndarray:
+    """The current stored IBP mean log-volume of the logits at ``eps`` on ``split`` per minimum
+    (NaN where none)."""
+    for values, kind in db.scores().values():
+        if (kind.quantity, kind.method, kind.space, kind.split, kind.aggregation) == \
+                ("sensitivity", "ibp", "logits", split, "mean_log") and math.isclose(kind.eps, eps, rel_tol=1e-12):
+            return values.astype(float).copy()
+    return np.full(len(db), np.nan)
+
+
+COMPARISON_COLUMNS = (("file", "file"), ("n_minima", "minima"), ("energy_min", "E min"),
+                      ("energy_median", "E median"), ("energy_max", "E max"), ("zeros_median", "zero weights"),
+                      ("sensitivity_median", "sensitivity median"), ("sensitivity_global_min", "sensitivity at global min"),
+                      ("accuracy_median", "accuracy median"), ("accuracy_global_min", "accuracy at global min"),
+                      ("log_det_median", "log det median"), ("log_det_global_min", "log det at global min"))
+
+
+def comparison_markdown(rows: list[dict]) -> str:
+    """The rows of :func:`compare` as a Markdown table (the loss of each file listed below it)."""
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    head = "| " + " | ".join(t for _, t in COMPARISON_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * len(COMPARISON_COLUMNS)]
+    lines += ["| " + " | ".join(cell(r[k]) for k, _ in COMPARISON_COLUMNS) + " |" for r in rows]
+    lines.append("")
+    lines += [f"- {r['file']}: E = {r['loss']}" for r in rows]
+    if rows:
+        r = rows[0]
+        lines.append(f"- sensitivity: IBP mean log-volume of the logits (nats) at eps {r['eps']:g} on the "
+                     f"{r['split']} split; accuracy on the same points; log det: flatness over the non-zero modes "
+                     "of the Hessian of each file's E on the face of the minimum")
+    return "\n".join(lines) + "\n"

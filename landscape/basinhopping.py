@@ -55,7 +55,8 @@ from threadpoolctl import threadpool_limits
 from . import allocator, hessian, parallel
 from .database import COMPLETED, FAILED, INT64_END, INTERRUPTED, TIME_UP, Database, Minima, check_seed
 from .energy import Energy
-from .identify import MinimaIndex, Point, tolerances
+from .identify import MinimaIndex, Point, minimum_check, tolerances
+from .loss import sampling_refusal
 from .minimize import LBFGS, minimize
 from .problem import Problem
 
@@ -298,6 +299,8 @@ def _check_arguments(problem: Problem, settings: Settings, steps: int | None, mi
         raise TypeError(f"problem must be a landscape.Problem (e.g. Problem.create('iris')), got {problem!r}")
     if not isinstance(settings, Settings):
         raise TypeError(f"settings must be a landscape.Settings (e.g. Settings(**options)), got {settings!r}")
+    if (why := sampling_refusal(problem.loss, problem.model.activation)) is not None:
+        raise ValueError(why)
     if problem.model.activation == "relu":
         raise ValueError(RELU_REFUSAL)
     if steps is None and minutes is None:
@@ -466,8 +469,8 @@ def _auto_temperature(problem: Problem, energy: Energy, walkers: _Walkers, s: Se
     fresh = np.flatnonzero(np.isinf(walkers.E))
     E = walkers.E.copy()
     if len(fresh):
-        r = minimize(energy.energy_gradient, walkers.x[fresh], tol=s.tol, maxiter=s.maxiter, memory=s.memory,
-                     maxstep=s.maxstep, threads=threads)
+        r = minimize(energy.quench_fun, walkers.x[fresh], tol=s.tol, maxiter=s.maxiter, memory=s.memory,
+                     maxstep=s.maxstep, threads=threads, kinks=energy.kinks)
         walkers.x[fresh[r.converged]] = r.x[r.converged]
         E[fresh] = np.where(r.converged, r.energy, np.inf)
     E = E[np.isfinite(E)][:AUTO_T_MINIMA]
@@ -498,7 +501,7 @@ def _why_empty(c: dict, s: Settings) -> str:
 
 def _index(problem: Problem, energy: Energy, threads: int, stored: Minima | None = None) -> MinimaIndex:
     """An identification index (ids = database rows) holding the ``stored`` minima, or none."""
-    args = (problem.model.unit_groups(), 2.0 * problem.lam, energy.energy_gradient, threads)
+    args = (problem.model.unit_groups(), 2.0 * problem.lam, energy.energy_pseudo_gradient, threads)
     return MinimaIndex(*args) if stored is None else MinimaIndex.of(stored, *args)
 
 
@@ -583,8 +586,8 @@ class _Sampler:
         self.K = len(walkers.E)
         self.index = _index(problem, energy, threads, stored)
         self.counters = dict.fromkeys(SAMPLER_COUNTERS, 0)
-        self.opt = LBFGS(energy.energy_gradient, self.P, tol=s.tol, maxiter=s.maxiter, memory=s.memory,
-                         maxstep=s.maxstep, threads=threads)
+        self.opt = LBFGS(energy.quench_fun, self.P, tol=s.tol, maxiter=s.maxiter, memory=s.memory,
+                         maxstep=s.maxstep, threads=threads, kinks=energy.kinks)  # OWL-QN where E has kinks
         self.pushes = np.zeros(self.K, np.int64)
         self.refining = np.zeros(self.K, bool)
         self.hits = stored.hits.tolist()  # times each known minimum was found, this run's finds included
@@ -734,7 +737,7 @@ class _Sampler:
             return "refine", -1
         eig = np.array([])
         if self.hessian_mode != "none":
-            h = hessian.check(self.energy, x, self.hessian_mode)
+            h = minimum_check(self.energy, x, self.hessian_mode)  # on the face of x where E has kinks
             if h.saddle:
                 self._pushed = x + 1e-2 * h.vector
                 return "saddle", -1

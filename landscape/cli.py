@@ -272,6 +272,10 @@ def _analyze_options(a: argparse.ArgumentParser) -> None:
     a.add_argument("--resamples", type=int, default=2000,
                    help="bootstrap resamples of each correlation's interval (default 2000)")
     a.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    a.add_argument("--compare", nargs="+", metavar="DB",
+                   help="compare DB's landscape with these (minima, energy spread, sensitivity, accuracy, "
+                   "flatness): writes comparison.csv, .json and .md to --out and prints the table")
+    a.add_argument("--eps", type=float, help="eps of the compared sensitivity (default: the loss term's, else 0.05)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,6 +487,13 @@ def _analyze(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise ValueError("give --out DIR: the folder for the report (or 'out' in the config's [analyze] table)")
+    if args.compare:
+        from .report import compare
+
+        rep, table = compare([args.db, *args.compare], args.out, eps=args.eps)
+        print(table, end="")
+        print(f"wrote {', '.join(sorted(rep.files))} to {rep.out}")
+        return 0
     rep = analyze(args.db, args.out, levels=args.levels, resamples=args.resamples, seed=args.seed)
     for m in rep.missing:
         print(f"landscape: missing: {m}", file=sys.stderr)

@@ -8,6 +8,13 @@ the convention of the GMIN/OPTIM MLP potential. Arrays in and out are NumPy floa
 
 lam must be > 0: adding one vector to every class's output weights (and one number to every
 output bias) leaves the cross-entropy unchanged, so with lam = 0 no minimum is isolated.
+
+Kinks. With an IBP sensitivity term E(w) = F(w, |w|) has a kink at each zero weight-matrix entry
+(:mod:`landscape.loss`; ``Energy.kinks`` is their (P,) mask, None for a smooth E). There the
+gradient is the one-sided pair g_i +- s_i: :meth:`Energy.energy_gradient` returns g_i (torch's
+convention sign(0) = 0), :meth:`Energy.energy_gradient_kinks` returns s too, and
+:meth:`Energy.energy_pseudo_gradient` the pseudo-gradient (:func:`landscape.minimize.pseudo_gradient`),
+the gradient wherever E is differentiable and 0 at a zero coordinate where |g_i| <= s_i.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import torch
 
 from . import kernel
 from . import loss as loss_mod
+from . import minimize
 from .models import MLP, Model
 
 BACKENDS = ("auto", "autograd", "kernel")
@@ -37,6 +45,9 @@ class Energy:
     evaluates exactly cross-entropy + L2; a loss with a sensitivity term uses autograd.
     ``domain`` (lower, upper): the input domain a sensitivity ball is clipped to, e.g. (0, 1) for
     pixels (default None: not clipped).
+
+    ``kinks``: the (P,) bool mask of coordinates where E has a kink at zero (None: E is smooth;
+    see the module docstring).
     """
 
     def __init__(self, model: Model, X: np.ndarray, y: np.ndarray,
@@ -71,6 +82,7 @@ class Energy:
                       else "the kernel covers MLPs only" if not isinstance(model, MLP) else kernel.unavailable_reason())
             raise ValueError(f"energy backend 'kernel' is not available: {reason}")
         self.backend = "kernel" if self._kernel is not None else "autograd"
+        self.kinks = None if self._kernel is not None else loss_mod.kink_mask(terms, model)
 
     def _batch(self, w: np.ndarray) -> np.ndarray:
         w = np.asarray(w, dtype=np.float64)
@@ -100,6 +112,42 @@ class Energy:
         E = self.energy_t(wt)
         (G,) = torch.autograd.grad(E.sum(), wt)
         return E.detach().numpy(), G.numpy()
+
+    @property
+    def quench_fun(self):
+        """What :class:`landscape.minimize.LBFGS` takes with ``kinks=self.kinks``:
+        :meth:`energy_gradient` for a smooth E, :meth:`energy_gradient_kinks` otherwise."""
+        return self.energy_gradient if self.kinks is None else self.energy_gradient_kinks
+
+    def energy_gradient_kinks(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Energies (K,), gradients G (K, P) and kink coefficients S (K, P) of ``w`` (K, P), from one
+        backward pass with |w| a separate argument a of the sensitivity terms: G = dF/dw + sign(w) dF/da
+        (the gradient; at a zero coordinate, sign(0) = 0, its smooth part) and S = dF/da on the
+        ``kinks`` coordinates (0 elsewhere), so the one-sided derivatives at w_i = 0 are G_i +- S_i.
+        A smooth E gives S = 0."""
+        if self.kinks is None:
+            E, G = self.energy_gradient(w)
+            return E, G, np.zeros_like(G)
+        w = self._batch(w)
+        self.nfev += w.shape[0]
+        if not len(w):
+            return np.zeros(0), np.zeros_like(w), np.zeros_like(w)
+        wt = torch.from_numpy(w).clone().requires_grad_(True)
+        at = torch.from_numpy(np.abs(w)).requires_grad_(True)
+        E = loss_mod.evaluate(self.loss, wt, self._data, abs_w=at)
+        Gw, Ga = torch.autograd.grad(E.sum(), (wt, at))
+        S = np.where(self.kinks, Ga.numpy(), 0.0)
+        return E.detach().numpy(), Gw.numpy() + np.sign(w) * S, S
+
+    def energy_pseudo_gradient(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Energies (K,) and pseudo-gradients (K, P) of ``w`` (K, P): the gradient where E is
+        differentiable, and at a zero kink coordinate the one-sided derivative that descends, or 0
+        where neither does (:func:`landscape.minimize.pseudo_gradient`). The gradient for a smooth E."""
+        if self.kinks is None:
+            return self.energy_gradient(w)
+        w = self._batch(w)
+        E, G, S = self.energy_gradient_kinks(w)
+        return E, minimize.pseudo_gradient(w, G, S, self.kinks)
 
     def hvp(self, w: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Hessian-vector products (K, P): H(w_k) v_k for ``w`` and ``v`` of shape (K, P).

@@ -47,6 +47,23 @@ by layer, an assignment problem (Hungarian method, :func:`scipy.optimize.linear_
 matches the units of ``x`` to those of ``ref`` on their incoming weights and bias (already
 aligned by the previous layer), plus their outgoing weights when the next layer is the output;
 for odd activations each pair takes the better sign. Sorting units would break on near-ties.
+
+Minima on kinks. With an IBP sensitivity term E = F(w, |w|) has kinks at zero weight-matrix
+entries (``Energy.kinks``, :mod:`landscape.loss`) and its minima sit on some of them. A point x
+with zero kink coordinates Z (exactly 0) and the rest F is a **minimum** when
+  (1) the RMS pseudo-gradient (:func:`landscape.minimize.pseudo_gradient`) is within the
+      quench's tolerance: on F it is the gradient, and on Z it is 0 exactly when the subgradient
+      condition |g_i| <= s_i holds (g_i the smooth part of dE/dw_i, s_i = dE/d|w_i|), so this is
+      the first-order condition;
+  (2) the Hessian of E restricted to the face {w_Z = 0} (the rows and columns of F; E is smooth
+      there) has no eigenvalue below -eig_tol (:mod:`landscape.hessian`'s rule).
+Off the face the first-order term sum_Z (g_i v_i + s_i |v_i|) >= sum_Z (s_i - |g_i|) |v_i| rises
+linearly wherever the margin s_i - |g_i| > 0, so (1) with positive margins and (2) make x a strict
+local minimum. :func:`minimum_check` is the sampler's test (2) (its eigenvalues are the ones
+stored, and their lowest is the curvature the tolerances above use); :func:`minimum_conditions`
+recomputes (1), the margins and (2) for a stored point. Quench endpoints of one minimum share its
+zero set, so their displacement lies in the face and the tolerances and the Newton test (run on
+pseudo-gradients, ``Energy.energy_pseudo_gradient``) apply unchanged. A smooth E has Z empty.
 """
 from __future__ import annotations
 
@@ -57,7 +74,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from . import kernel
+from . import hessian, kernel
 from .minimize import EnergyGradient
 from .models import UnitGroup
 
@@ -489,3 +506,61 @@ class MinimaIndex:
                             np.linalg.norm(Hd - change[test], axis=1) <= NEWTON_KAPPA * change_norm[test] + floor,
                             np.linalg.norm(Hd - gp[test], axis=1) <= unknown_bound)
         return ok
+
+
+class _Face:
+    """E restricted to the face of ``x`` (P,): its ``free`` coordinates, the others held at 0
+    (duck-types the :class:`landscape.energy.Energy` methods :func:`landscape.hessian.check` uses)."""
+
+    def __init__(self, energy, x: np.ndarray, free: np.ndarray):
+        self.energy, self.x, self.free = energy, np.asarray(x, dtype=np.float64), free
+        self.n_params = int(free.sum())
+
+    def hessian(self, _x: np.ndarray) -> np.ndarray:
+        return self.energy.hessian(self.x)[np.ix_(self.free, self.free)]
+
+    def hvp(self, _x: np.ndarray, v: np.ndarray) -> np.ndarray:
+        v = np.atleast_2d(v)
+        full = np.zeros((len(v), self.energy.n_params))
+        full[:, self.free] = v
+        return self.energy.hvp(np.repeat(self.x[None], len(v), 0), full)[:, self.free]
+
+
+def face(energy, x: np.ndarray) -> np.ndarray:
+    """(P,) bool: the coordinates of ``x`` free to move on its face (all but the zero kink
+    coordinates; every one for a smooth E)."""
+    x = np.asarray(x)
+    return np.ones(x.shape, bool) if energy.kinks is None else ~((x == 0) & energy.kinks)
+
+
+def minimum_check(energy, x: np.ndarray, mode: str = "full") -> hessian.HessianCheck:
+    """Condition (2) of the module docstring: the lowest eigenpairs of the Hessian of E restricted
+    to the face of ``x`` (:func:`landscape.hessian.check` on it; the eigenvector embedded in P
+    coordinates, 0 on the zero kink coordinates). For a smooth E, or no zero kink coordinate, it is
+    :func:`landscape.hessian.check` itself."""
+    free = face(energy, x)
+    if free.all():
+        return hessian.check(energy, x, mode)
+    h = hessian.check(_Face(energy, x, free), np.asarray(x)[free], mode)
+    vector = np.zeros(len(free))
+    vector[free] = h.vector
+    return hessian.HessianCheck(h.eigenvalues, vector, h.eig_tol)
+
+
+def minimum_conditions(energy, x: np.ndarray, mode: str = "full") -> dict:
+    """The conditions of the module docstring at ``x`` (P,), recomputed: ``energy``,
+    ``pseudo_grad_rms`` (1), ``zeros`` (the zero kink coordinates), ``margins`` (s_i - |g_i| on
+    them), ``eigenvalues`` (lowest of the face Hessian), ``eig_tol`` and ``minimum`` (both
+    conditions, (1) against ``tol``... taken by the caller: here, (2) alone and margins >= 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    E, G, S = energy.energy_gradient_kinks(x[None])
+    from .minimize import pseudo_gradient  # noqa: E402 (kept local: the module needs only EnergyGradient)
+
+    kinks = energy.kinks if energy.kinks is not None else np.zeros(len(x), bool)
+    pg = pseudo_gradient(x[None], G, S, kinks)[0]
+    zeros = np.flatnonzero((x == 0) & kinks)
+    h = minimum_check(energy, x, mode)
+    margins = S[0, zeros] - np.abs(G[0, zeros])
+    return {"energy": float(E[0]), "pseudo_grad_rms": float(np.sqrt(np.mean(pg * pg))), "zeros": zeros,
+            "margins": margins, "eigenvalues": h.eigenvalues, "eig_tol": h.eig_tol,
+            "minimum": bool(not h.saddle and (margins >= 0).all())}

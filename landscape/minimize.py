@@ -22,6 +22,23 @@ memory 20 took 1.36).
 
 ``fun(x)`` must map a batch ``x`` (k, P) to energies (k,) and gradients (k, P); an
 :class:`landscape.energy.Energy` does.
+
+Kinks (OWL-QN). An energy with an IBP sensitivity term is E = F(w, |w|) on the coordinates of a
+``kinks`` mask (:mod:`landscape.loss`): smooth within each orthant, with a kink at each zero, and
+its minima sit on kinks (some weights exactly 0), where the gradient never becomes small. Given
+``kinks``, ``fun`` returns (E, G, S) (:meth:`landscape.energy.Energy.energy_gradient_kinks`): at a
+zero kink coordinate the one-sided derivatives are d+ = G_i + S_i (towards w_i > 0) and
+d- = G_i - S_i, and the *pseudo-gradient* (:func:`pseudo_gradient`) is d+ where d+ < 0, d- where
+d- > 0 (the larger in size if both: S_i < 0, a concave kink), else 0; elsewhere it is the gradient.
+Its norm is the distance from 0 to the Clarke subdifferential ([d-, d+] at each zero), so it is 0
+exactly at the stationary points of E. The quench is OWL-QN (orthant-wise limited-memory
+quasi-Newton; Andrew & Gao, ICML 2007) on it: the two-loop direction of the pseudo-gradient,
+kink components that do not descend along it set to 0; the orthant of each step is sign(w_i),
+or sign(-pg_i) at a zero; every trial point is projected onto it (a kink coordinate that
+would cross zero is set to exactly 0); pairs are differences of pseudo-gradients (0 on a
+coordinate held at zero, which leaves it out of the curvature). **Convergence is on the RMS
+pseudo-gradient** <= ``tol``, and ``MinimizeResult.grad`` holds it. Without ``kinks`` none of
+this runs: the plain path is the L-BFGS above, unchanged.
 """
 from __future__ import annotations
 
@@ -61,6 +78,20 @@ class MinimizeResult:
         return len(self.energy)
 
 
+def pseudo_gradient(x: np.ndarray, G: np.ndarray, S: np.ndarray, kinks: np.ndarray) -> np.ndarray:
+    """The pseudo-gradient (k, P) at ``x`` (k, P) from gradients ``G`` (sign(0) = 0 at a kink, i.e.
+    the smooth part there) and kink coefficients ``S`` (dE/d|w_i|) on the ``kinks`` (P,) coordinates
+    (see the module docstring): G, except at zero kink coordinates: G + S where it is < 0, G - S
+    where it is > 0 (the larger in size where both), else 0."""
+    pg = G.copy()
+    zero = (x == 0) & kinks
+    if zero.any():
+        right, left = G[zero] + S[zero], G[zero] - S[zero]
+        use_right = (right < 0) & ~((left > 0) & (left > -right))
+        pg[zero] = np.where(use_right, right, np.where(left > 0, left, 0.0))
+    return pg
+
+
 class LBFGS:
     """A batch of L-BFGS minimisations advanced together; see the module docstring.
 
@@ -68,11 +99,20 @@ class LBFGS:
     iteration and returns those that finished (a :class:`MinimizeResult`, possibly empty).
     Defaults: tol 1e-6, maxiter 10000, memory 10, maxstep 1.0, rise_tol 1e-10, max_halvings 10,
     first step ``h0`` = 0.1 times the gradient; ``threads`` for the compiled two-loop recursion.
+    ``kinks`` (P,) bool: run OWL-QN on the pseudo-gradient, ``fun`` returning (E, G, S) (module
+    docstring); None (default): plain L-BFGS.
     """
 
     def __init__(self, fun: EnergyGradient, n_params: int, tol: float = 1e-6, maxiter: int = 10000,
                  memory: int = 10, maxstep: float = 1.0, rise_tol: float = 1e-10, max_halvings: int = 10,
-                 h0: float = 0.1, threads: int = 1):
+                 h0: float = 0.1, threads: int = 1, kinks: np.ndarray | None = None):
+        if kinks is not None:
+            kinks = np.asarray(kinks, dtype=bool)
+            if kinks.shape != (int(n_params),):
+                raise ValueError(f"kinks must be a ({n_params},) mask, got shape {kinks.shape}")
+        self.kinks = kinks
+        # what the iterations evaluate: (E, gradient), or (E, pseudo-gradient) with kinks
+        self._fun = fun if kinks is None else self._pseudo
         if not tol > 0:
             raise ValueError(f"tol must be > 0, got {tol}")
         if memory < 1 or maxiter < 1 or not maxstep > 0:
@@ -100,6 +140,14 @@ class LBFGS:
 
     def __len__(self) -> int:
         return int(self.active.sum())
+
+    def _pseudo(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        E, G, S = self.fun(x)
+        return E, pseudo_gradient(x, G, S, self.kinks)
+
+    def _project(self, xn: np.ndarray, orthant: np.ndarray) -> None:
+        """Set, in place, the kink coordinates of ``xn`` outside ``orthant`` (signs; 0 keeps a zero) to 0."""
+        xn[(np.sign(xn) != orthant) & self.kinks] = 0.0
 
     def _grow(self, need: int) -> None:
         """Make room for ``need`` more problems, compacting running ones to the front."""
@@ -142,7 +190,7 @@ class LBFGS:
     def _evaluate_pending(self) -> None:
         p = np.flatnonzero(self.pending)
         if len(p):
-            self.E[p], self.g[p] = self.fun(self.x[p])
+            self.E[p], self.g[p] = self._fun(self.x[p])
             self.nfev[p] += 1
             self.pending[p] = False
 
@@ -205,6 +253,8 @@ class LBFGS:
         sel = slice(None) if len(idx) == len(self.active) else idx  # views when every slot runs
         x, g, E = self.x[sel], self.g[sel], self.E[sel]
         d = self._direction(sel)
+        if self.kinks is not None:  # OWL-QN: kink components must descend along the pseudo-gradient
+            d[(d * g >= 0) & self.kinks] = 0.0
         uphill = np.einsum("ap,ap->a", d, g) >= 0
         if uphill.any():  # stale curvature: restart from steepest descent
             d[uphill] = -self.h0 * g[uphill]
@@ -213,7 +263,10 @@ class LBFGS:
         norm = np.sqrt(np.einsum("ap,ap->a", d, d))
         d *= np.minimum(1.0, self.maxstep / np.maximum(norm, 1e-300))[:, None]
         xn = x + d
-        En, Gn = self.fun(xn)
+        if self.kinks is not None:  # each step stays in the orthant of x (of -pg at its zeros)
+            orthant = np.where(x != 0, np.sign(x), -np.sign(g))
+            self._project(xn, orthant)
+        En, Gn = self._fun(xn)
         self.nfev[idx] += 1
         allowed = E + self.rise_tol * np.maximum(1.0, np.abs(E))
         bad = ~(En <= allowed)
@@ -223,7 +276,11 @@ class LBFGS:
             b = np.flatnonzero(bad)
             d[b] *= 0.5
             xn[b] = x[b] + d[b]
-            En[b], Gn[b] = self.fun(xn[b])
+            if self.kinks is not None:
+                xb = xn[b]
+                self._project(xb, orthant[b])
+                xn[b] = xb
+            En[b], Gn[b] = self._fun(xn[b])
             self.nfev[idx[b]] += 1
             bad[b] = ~(En[b] <= allowed[b])
         ok = ~bad
@@ -292,7 +349,7 @@ def concat(results: list[MinimizeResult]) -> MinimizeResult:
 def minimize(fun: EnergyGradient, x0: np.ndarray, tol: float = 1e-6, maxiter: int = 10000, **options) -> MinimizeResult:
     """Minimise K independent problems from the rows of ``x0`` (K, P); results in row order.
 
-    ``options`` go to :class:`LBFGS` (memory, maxstep, rise_tol, max_halvings, h0, threads).
+    ``options`` go to :class:`LBFGS` (memory, maxstep, rise_tol, max_halvings, h0, threads, kinks).
     """
     x0 = np.atleast_2d(np.asarray(x0, dtype=np.float64))
     opt = LBFGS(fun, x0.shape[1], tol=tol, maxiter=maxiter, **options)

@@ -11,6 +11,13 @@
 
 What is missing (no scores, no transition states, no test split) is named in the report, in
 ``summary.json`` and returned, never raised.
+
+``landscape analyze A.h5 --compare B.h5 ... --out DIR`` (:func:`compare`) writes instead the
+landscapes side by side (:func:`landscape.analysis.compare`: minima, energy spread, zero weights,
+sensitivity, accuracy, flatness):
+
+    comparison.csv, comparison.json   one row per file
+    comparison.md                     the same as a Markdown table, with each file's loss
 """
 from __future__ import annotations
 
@@ -164,3 +171,27 @@ img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
 def _b64(path: str) -> str:
     with open(path, "rb") as fh:
         return base64.b64encode(fh.read()).decode()
+
+
+def compare(dbs, out: str | os.PathLike, eps: float | None = None) -> tuple[Report, str]:
+    """Write the comparison of the databases ``dbs`` (paths) to the folder ``out`` (see the
+    module docstring); returns the report and the Markdown table."""
+    import contextlib
+
+    import pandas as pd
+
+    out = os.fspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"{out} is a file; --out takes a folder")
+    with contextlib.ExitStack() as stack:
+        opened = [stack.enter_context(Database(p)) for p in dbs]
+        rows = analysis.compare(opened, eps)
+    os.makedirs(out, exist_ok=True)
+    report = Report(out)
+    pd.DataFrame(rows).to_csv(_file(report, "comparison.csv"), index=False)
+    with open(_file(report, "comparison.json"), "w") as fh:
+        json.dump(rows, fh, indent=2, default=_plain)
+    table = analysis.comparison_markdown(rows)
+    with open(_file(report, "comparison.md"), "w") as fh:
+        fh.write(table)
+    return report, table

@@ -166,3 +166,66 @@ def test_pairs_stored_in_eight_bits(P):
         assert not opt.S[1, rows[~fine]].any() and not opt.Y[1, rows[~fine]].any()
     off = np.abs(stored[0] - stored[1])
     assert off.max() <= 1 and off.mean() < 1e-3
+
+
+# -- OWL-QN on kinks ------------------------------------------------------------------------------------------
+
+def lasso(A, b, c, kinks):
+    """E = x.A.x / 2 - b.x + c sum |x_i| over the kinks, as (E, G with sign(0) = 0, S)."""
+    def fun(x):
+        E0, g = quadratic(A, b)(x)
+        S = np.where(kinks, c, 0.0) * np.ones_like(x)
+        return E0 + (S * np.abs(x)).sum(1), g + np.sign(x) * S, S
+    return fun
+
+
+def lasso_reference(A, b, c, kinks, iters=200000):
+    """The minimiser by proximal gradient (ISTA), to float64 precision."""
+    x = np.zeros(len(b))
+    t = 1.0 / np.linalg.eigvalsh(A).max()
+    for _ in range(iters):
+        z = x - t * (A @ x - b)
+        x = np.where(kinks, np.sign(z) * np.maximum(np.abs(z) - t * c, 0.0), z)
+    return x
+
+
+def test_owlqn_lands_exactly_on_the_kinks_of_an_l1_penalty():
+    rng = np.random.default_rng(1)
+    P = 12
+    Q = rng.normal(size=(P, P))
+    A = Q @ Q.T / P + 0.2 * np.eye(P)
+    b = rng.normal(size=P)
+    kinks = np.arange(P) % 3 != 0  # every third coordinate smooth
+    fun = lasso(A, b, 0.6, kinks)
+    ref = lasso_reference(A, b, 0.6, kinks)
+    assert 2 <= (ref[kinks] == 0).sum() < kinks.sum()  # a test with kinks that matter
+    r = minimize(fun, rng.normal(size=(6, P)) * 3, tol=1e-10, kinks=kinks)
+    assert r.converged.all()
+    np.testing.assert_allclose(r.x, np.tile(ref, (6, 1)), atol=1e-8)
+    np.testing.assert_array_equal(r.x == 0, np.tile(ref == 0, (6, 1)))  # exactly 0, not 1e-12
+    # convergence is on the pseudo-gradient; the gradient itself stays large at the kinks
+    assert (r.grad_rms <= 1e-10).all()
+    E, G, S = fun(r.x)
+    assert np.abs(G).max() > 1e-3 and (np.abs(G[r.x == 0]) <= S[r.x == 0]).all()
+    # plain L-BFGS on the same function does not converge there
+    plain = minimize(lambda x: fun(x)[:2], rng.normal(size=(6, P)) * 3, tol=1e-10, maxiter=500)
+    assert not plain.converged.any()
+
+
+def test_pseudo_gradient_picks_the_descending_side():
+    from landscape.minimize import pseudo_gradient
+
+    x = np.array([[0.0, 0.0, 0.0, 0.0, 1.0, 0.0]])
+    G = np.array([[0.5, -0.5, 2.0, -2.0, 3.0, 0.3]])
+    S = np.array([[1.0, 1.0, 1.0, 1.0, 1.0, -1.0]])
+    kinks = np.array([True, True, True, True, True, False])
+    # |g| <= s: 0; g + s < 0: g + s; g - s > 0: g - s; a non-zero or smooth coordinate keeps its gradient
+    np.testing.assert_allclose(pseudo_gradient(x, G, S, kinks), [[0.0, 0.0, 1.0, -1.0, 3.0, 0.3]])
+    # a concave kink (s < 0) descends both ways: the steeper side
+    np.testing.assert_allclose(pseudo_gradient(np.zeros((1, 1)), np.array([[0.2]]), np.array([[-1.0]]),
+                                               np.array([True])), [[1.2]])
+
+
+def test_a_kink_mask_of_the_wrong_shape_is_refused():
+    with pytest.raises(ValueError, match="kinks must be"):
+        LBFGS(rosenbrock, 2, kinks=np.ones(3, bool))
