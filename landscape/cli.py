@@ -77,7 +77,7 @@ def _fail(message: str) -> int:
     return 2
 
 
-CONFIG_COMMANDS = ("score", "connect", "analyze")  # read their own table of a --config file
+CONFIG_COMMANDS = ("score", "connect", "analyze", "train")  # read their own table of a --config file
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                    build=_connect_options)
     sub.add_parser("analyze", help="disconnectivity graph, energy-robustness correlations, a report",
                    build=_analyze_options)
+    sub.add_parser("train", help="train networks with an objective (or compare objectives), evaluate and store them",
+                   build=_train_options)
     i = sub.add_parser("inspect", help="what is in a database")
     i.add_argument("db")
     i.add_argument("--json", action="store_true", help="machine-readable output")
@@ -255,6 +257,12 @@ def _connect_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _train_options(t: argparse.ArgumentParser) -> None:
+    from .train_cli import add_options
+
+    add_options(t)
+
+
 def _pair(text: str) -> tuple[int, int]:
     """--pairs: 'A,B', two minimum ids."""
     try:
@@ -333,6 +341,10 @@ def _command(args: argparse.Namespace, command: str) -> int:
         return _analyze(args)
     if args.command == "connect":
         return _connect(args, command)
+    if args.command == "train":
+        from .train_cli import train
+
+        return train(args, command)
     allocator.keep_freed_memory()  # batched work then reuses the process's pages
     return _sample(args, command) if args.command == "sample" else _score(args, command)
 
