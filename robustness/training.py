@@ -546,7 +546,8 @@ _QUANTITY = {"sensitivity_ibp": ("sensitivity", "ibp"), "sensitivity_crown": ("s
 class Evaluation:
     """Scores of a network on held-out points (fractions in [0, 1], log-volumes in nats).
 
-    ``clean_accuracy``; ``rho_adv`` (DeepFool, mean ||r||_2 / ||x||_2; NaN when not computed);
+    ``clean_accuracy``; ``rho_adv`` (DeepFool, mean ||r||_2 / ||x||_2; NaN when not computed, or
+    not computable: outputs that do not depend on the input);
     ``n_points``; ``per_eps``: for each eps (input units) a dict of 'sensitivity_ibp' and
     'sensitivity_crown' (mean log-volume of the logit box), 'fgsm_accuracy', 'pgd_accuracy',
     'verified_accuracy' (ibp+crown bounds of the logit differences) and 'verified_ibp', and
@@ -631,8 +632,17 @@ def evaluate(module: nn.Module, x: Tensor, y: Tensor, config: EvalConfig = EvalC
             d["verified_accuracy"] = float(verified_accuracy(net, x, y, eps, method="ibp+crown", domain=domain)[0])
         d["verified_ibp"] = float(verified_accuracy(net, x, y, eps, method="ibp", domain=domain)[0])
         per_eps[eps] = d
-    rho = float(rho_adv(net, x)[0]) if config.deepfool else math.nan
+    rho = _rho_adv(net, x) if config.deepfool else math.nan
     return Evaluation(float(clean_accuracy(net, x, y)[0]), rho, len(y), per_eps)
+
+
+def _rho_adv(net: Network, x: Tensor) -> float:
+    """DeepFool's rho_adv, NaN where it cannot be computed: a network whose outputs do not depend
+    on its input (all widths collapsed) has no gradient to follow, and DeepFool's step is 0/0."""
+    try:
+        return float(rho_adv(net, x)[0])
+    except ValueError:
+        return math.nan
 
 
 def _frozen_network(module: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> Network:
