@@ -24,6 +24,17 @@ sigmoid from sigmoid(x) = (1 + tanh(x / 2)) / 2.
 softplus (convex): below, the tangent at the midpoint (the tangent of least area); above, the
 chord (the tangent at l when l = u). Tangent intercepts are computed without cancellation and
 chords from halved values, so nothing overflows for any finite l, u.
+
+Optimisable relaxations (alpha-CROWN): every function also takes parameters ``t`` in [0, 1]
+(a tensor broadcastable against l, with a leading axis of :data:`PARAMETERS` entries) that
+choose one sound line among a family, and ``*_parameters(l, u)`` gives the ``t`` of the
+default lines above:
+
+* ReLU (1 parameter): the lower slope t where l < 0 < u (any slope in [0, 1] is sound);
+* tanh, sigmoid (2): t[0] places the tangent point of the upper line where it is a tangent
+  (l >= 0: d in [l, u]; l < 0 < u, chord unusable: d in [min(d*(l), u), u]), t[1] that of
+  the lower line (mirrored); chords stay;
+* softplus (1): the tangent point l + t (u - l) of the lower line; the chord stays.
 """
 from __future__ import annotations
 
@@ -77,42 +88,82 @@ def _tangent_point(l: Tensor) -> Tensor:
     return torch.where(index >= 0, table[index.clamp(min=0)], torch.inf)
 
 
-def _tanh_upper(l: Tensor, u: Tensor, fl: Tensor, fu: Tensor) -> tuple[Tensor, Tensor]:
-    """Slope and intercept of a line above tanh on [l, u]; fl, fu = tanh(l), tanh(u)."""
+def _tanh_upper(l: Tensor, u: Tensor, fl: Tensor, fu: Tensor, t: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Slope and intercept of a line above tanh on [l, u]; fl, fu = tanh(l), tanh(u).
+
+    Where a tangent is used, its point is d = a + t (u - a) with a = l for l >= 0 and
+    a = min(d*(l), u) otherwise; t = None takes the default d = max(a, (l + u) / 2).
+    """
     width = u - l
     positive = width > 0
     chord = torch.where(positive, (fu - fl) / torch.where(positive, width, 1), _dtanh_of(fl))
     use_chord = (u <= 0) | ((l < 0) & (_dtanh_of(fu) * width >= fu - fl))
-    mid = (l + u) / 2
-    d = torch.where(l >= 0, mid, torch.minimum(torch.maximum(_tangent_point(l), mid), u))
+    a = _tangent_start(l, u)
+    d = torch.maximum(a, (l + u) / 2) if t is None else a + t * (u - a)
     fd = torch.tanh(d)
     slope = torch.where(use_chord, chord, _dtanh_of(fd))
     intercept = torch.where(use_chord, fl - chord * l, fd - _dtanh_of(fd) * d)
     return slope, intercept
 
 
-def relu(l: Tensor, u: Tensor) -> Relaxation:
-    """Linear bounds of max(x, 0) on [l, u]."""
+def _tangent_start(l: Tensor, u: Tensor) -> Tensor:
+    """The lowest tangent point of the upper line of tanh on [l, u] that is used (see _tanh_upper)."""
+    return torch.where(l >= 0, l, torch.minimum(_tangent_point(l), u))
+
+
+def _tanh_upper_parameter(l: Tensor, u: Tensor) -> Tensor:
+    """t of the default upper line of tanh (0 where the line does not depend on it)."""
+    a = _tangent_start(l, u)
+    span = u - a
+    positive = span > 0
+    return torch.where(positive, (torch.maximum(a, (l + u) / 2) - a) / torch.where(positive, span, 1), 0.0)
+
+
+PARAMETERS = {"relu": 1, "tanh": 2, "sigmoid": 2, "softplus": 1}
+"""How many parameters (the leading axis of ``t``) each optimisable relaxation takes."""
+
+
+def relu(l: Tensor, u: Tensor, t: Tensor | None = None) -> Relaxation:
+    """Linear bounds of max(x, 0) on [l, u]; t[0]: the lower slope where l < 0 < u."""
     active, crossing = l >= 0, (l < 0) & (u > 0)
     chord = u / torch.where(crossing, u - l, 1)
     upper_slope = torch.where(active, 1.0, torch.where(crossing, chord, 0.0)).to(l.dtype)
     lower_slope = torch.where(active | (crossing & (u >= -l)), 1.0, 0.0).to(l.dtype)
     zero = torch.zeros_like(l)
-    return Relaxation(lower_slope, zero, upper_slope, torch.where(crossing, -chord * l, zero))
+    upper_intercept = torch.where(crossing, -chord * l, zero)
+    if t is not None:
+        lower_slope = torch.where(crossing, t[0], lower_slope)
+        zero = torch.zeros_like(lower_slope)
+    return Relaxation(lower_slope, zero, upper_slope, upper_intercept)
 
 
-def tanh(l: Tensor, u: Tensor) -> Relaxation:
-    """Linear bounds of tanh on [l, u]."""
+def relu_parameters(l: Tensor, u: Tensor) -> Tensor:
+    """The parameters (1, *l.shape) of the default ReLU lines."""
+    return relu(l, u).lower_slope.unsqueeze(0)
+
+
+def tanh(l: Tensor, u: Tensor, t: Tensor | None = None) -> Relaxation:
+    """Linear bounds of tanh on [l, u]; t[0], t[1]: tangent points of the upper and lower lines."""
     fl, fu = torch.tanh(l), torch.tanh(u)
-    upper_slope, upper_intercept = _tanh_upper(l, u, fl, fu)
-    lower_slope, minus_intercept = _tanh_upper(-u, -l, -fu, -fl)
+    upper_slope, upper_intercept = _tanh_upper(l, u, fl, fu, None if t is None else t[0])
+    lower_slope, minus_intercept = _tanh_upper(-u, -l, -fu, -fl, None if t is None else t[1])
     return Relaxation(lower_slope, -minus_intercept, upper_slope, upper_intercept)
 
 
-def sigmoid(l: Tensor, u: Tensor) -> Relaxation:
-    """Linear bounds of the logistic sigmoid on [l, u]."""
-    t = tanh(l / 2, u / 2)
-    return Relaxation(t.lower_slope / 4, (1 + t.lower_intercept) / 2, t.upper_slope / 4, (1 + t.upper_intercept) / 2)
+def tanh_parameters(l: Tensor, u: Tensor) -> Tensor:
+    """The parameters (2, *l.shape) of the default tanh lines."""
+    return torch.stack([_tanh_upper_parameter(l, u), _tanh_upper_parameter(-u, -l)])
+
+
+def sigmoid(l: Tensor, u: Tensor, t: Tensor | None = None) -> Relaxation:
+    """Linear bounds of the logistic sigmoid on [l, u]; t as for :func:`tanh`."""
+    r = tanh(l / 2, u / 2, t)
+    return Relaxation(r.lower_slope / 4, (1 + r.lower_intercept) / 2, r.upper_slope / 4, (1 + r.upper_intercept) / 2)
+
+
+def sigmoid_parameters(l: Tensor, u: Tensor) -> Tensor:
+    """The parameters (2, *l.shape) of the default sigmoid lines."""
+    return tanh_parameters(l / 2, u / 2)
 
 
 def _softplus_tangent(d: Tensor, beta: float) -> tuple[Tensor, Tensor]:
@@ -122,9 +173,9 @@ def _softplus_tangent(d: Tensor, beta: float) -> tuple[Tensor, Tensor]:
     return torch.sigmoid(beta * d), torch.log1p(e) / beta + d.abs() * (e / (1 + e))
 
 
-def softplus(l: Tensor, u: Tensor, beta: float = 1.0) -> Relaxation:
-    """Linear bounds of log(1 + exp(beta x)) / beta on [l, u]."""
-    lower_slope, lower_intercept = _softplus_tangent(l / 2 + u / 2, beta)
+def softplus(l: Tensor, u: Tensor, beta: float = 1.0, t: Tensor | None = None) -> Relaxation:
+    """Linear bounds of log(1 + exp(beta x)) / beta on [l, u]; t[0]: tangent point l + t (u - l) below."""
+    lower_slope, lower_intercept = _softplus_tangent(l / 2 + u / 2 if t is None else l + t[0] * (u - l), beta)
     half_width = u / 2 - l / 2
     positive = half_width > 0
     fl = softplus_fn(l, beta)
@@ -133,3 +184,8 @@ def softplus(l: Tensor, u: Tensor, beta: float = 1.0) -> Relaxation:
     upper_slope = torch.where(positive, chord, tangent_slope)
     upper_intercept = torch.where(positive, fl - chord * l, tangent_intercept)
     return Relaxation(lower_slope, lower_intercept, upper_slope, upper_intercept)
+
+
+def softplus_parameters(l: Tensor, u: Tensor) -> Tensor:
+    """The parameters (1, *l.shape) of the default softplus lines (the midpoint)."""
+    return torch.full((1, *l.shape), 0.5, dtype=l.dtype, device=l.device)
