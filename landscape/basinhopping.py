@@ -236,7 +236,7 @@ RELU_REFUSAL = ("ReLU minima sit on kinks where the gradient test cannot pass; u
 
 def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: int | None = None,
            minutes: float | None = None, seed: int = 0, resume: bool = False, threads: int = 1,
-           processes: int = 1, progress: bool = True, command: str = "") -> SampleResult:
+           processes: int = 1, progress: bool = True, command: str = "", force: bool = False) -> SampleResult:
     """Run basin-hopping on ``problem`` and store its minima in the database at ``path``.
 
     Stops after ``steps`` basin-hopping steps per walker or ``minutes`` of wall time from the call
@@ -252,6 +252,8 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
     torch run on ``threads`` threads during the run; torch's thread count is restored afterwards
     (idle OpenBLAS threads spin, so their default of one per core would slow the run). The
     process's allocator is left alone (the ``landscape`` command sets it: :mod:`landscape.allocator`).
+    ``force`` takes the file over from a writer on another host within its lease (:class:`Database`).
+    Out of space (DiskFullError), the run saves its walkers and ends as failed, what it wrote kept.
     Whatever is refused (a new run whose walkers cannot fit in the available memory, temperature
     'auto' without two distinct minima) is refused before the file is written.
     """
@@ -278,7 +280,7 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
                 temperature = _auto_temperature(problem, energy, walkers, settings, threads)
             plan = _Plan(problem, energy, replace(settings, temperature=temperature), _hessian_mode(settings, problem),
                          seed, threads, processes, steps, deadline, grace)
-            with Database(path, problem, mode="a") as db:
+            with Database(path, problem, mode="a", force=force) as db:
                 params = {**asdict(plan.settings), "temperature_auto": settings.temperature == AUTO,
                           "walkers": len(walkers.E), "steps": steps, "minutes": minutes, "threads": threads,
                           "processes": processes, "resume": resume, "energy_backend": energy.backend,

@@ -44,6 +44,8 @@ RUN_KEYS = ("steps", "minutes", "seed", "threads", "processes")
 INTERRUPTED_EXIT = 130  # 128 + SIGINT
 TERMINATED_EXIT = 143  # 128 + SIGTERM
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE
+FORCE_HELP = ("take the file over from a writer recorded on another host whose lease (10 minutes from its last "
+              "heartbeat) has not run out: only when that writer is known to be dead")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,7 +102,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def _config_keys(sub: argparse.ArgumentParser) -> set[str]:
     """The options of a command that a config table may set."""
-    return {a.dest for a in sub._actions if a.option_strings and a.dest not in ("help", "config", "quiet")}
+    return {a.dest for a in sub._actions if a.option_strings and a.dest not in ("help", "config", "quiet", "force")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,6 +190,7 @@ def _sample_options(s: argparse.ArgumentParser) -> None:
     r.add_argument("--resume", action="store_true",
                    help="continue the walkers of the last run, with its settings unless given now")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def _number_or_auto(text: str) -> float | str:
@@ -238,6 +241,7 @@ def _score_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--data-path", dest="data_path", help="where the problem's data is now, if it moved "
                    "(its content hash is checked)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def _connect_options(c: argparse.ArgumentParser) -> None:
@@ -255,6 +259,7 @@ def _connect_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--data-path", dest="data_path", help="where the problem's data is now, if it moved "
                    "(its content hash is checked)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def _train_options(t: argparse.ArgumentParser) -> None:
@@ -327,7 +332,11 @@ def _main(argv: list[str]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush fails silently
         return BROKEN_PIPE_EXIT
     except (ValueError, OSError) as e:  # DatabaseError is a ValueError
-        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        code = _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        if getattr(e, "abandoned", False):  # a write failed for want of space: HDF5 must not close the file
+            sys.stdout.flush()
+            os._exit(code)
+        return code
     except KeyboardInterrupt:
         print("landscape: interrupted; what was written is kept", file=sys.stderr)
         return INTERRUPTED_EXIT
@@ -420,7 +429,7 @@ def _sample(args: argparse.Namespace, command: str) -> int:
         raise ValueError("give a budget: --steps N (per walker) or --minutes M")
     res = sample(problem, args.db, settings, steps=steps, minutes=minutes, seed=run_opts.get("seed", 0),
                  resume=args.resume, threads=run_opts.get("threads", 1),
-                 processes=run_opts.get("processes", 1), progress=not args.quiet, command=command)
+                 processes=run_opts.get("processes", 1), progress=not args.quiet, command=command, force=args.force)
     print(_summary_line(res, args.db))
     if res.status == INTERRUPTED:
         return INTERRUPTED_EXIT
@@ -447,7 +456,8 @@ def _score(args: argparse.Namespace, command: str) -> int:
     res = score(args.db, args.eps, method=args.method, space=args.space, split=args.split, progress=not args.quiet,
                 data_path=args.data_path, command=command, quantities=args.quantities, aggregation=args.aggregation,
                 verify_method=args.verify_method, pgd=PGD(args.pgd_steps, args.pgd_restarts, args.seed),
-                flatness=Flatness(full_max=args.full_max, probes=args.probes, steps=args.lanczos_steps, seed=args.seed))
+                flatness=Flatness(full_max=args.full_max, probes=args.probes, steps=args.lanczos_steps, seed=args.seed),
+                force=args.force)
     if any(q in EPS_QUANTITIES for q in args.quantities):
         print(f"on the {res.split} split ({res.n_points} points)" + ("" if args.split else ", the default"))
     for name, n in res.computed.items():
@@ -480,7 +490,11 @@ def _sensitivity(o: dict) -> dict | None:
 
 def _connect(args: argparse.Namespace, command: str) -> int:
     from .connecting import connect
+    from .database import Database
 
+    if args.force:  # take the file over first (connect opens a path without force)
+        with Database(args.db, mode="a", data_path=args.data_path, force=True):
+            pass
     r = connect(args.db, pairs=args.pairs, lowest=args.lowest, every=args.every, seed=args.seed,
                 max_attempts=args.max_attempts, minutes=args.minutes, progress=not args.quiet, command=command,
                 data_path=args.data_path)

@@ -7,6 +7,7 @@ SWMR mode (which can create nothing) can write any of them::
     /                      attrs: format, schema_version, created_by, created, upgrades (JSON: each
                            upgrade of an older file: from, to, software, at), writer (JSON: host,
                            boot id, pid and start time of the process writing the file)
+    /writer_heartbeat      (1,)    float64  Unix time of the writer's last sign of life (its lease)
     /problem               attrs: problem (JSON: data spec, model spec, loss terms, data hash), layout
                            (JSON: flat-parameter blocks), dataset (JSON: what was loaded, class labels)
     /problem/shift, scale  (D,)    float64  preprocessing: model input = (raw - shift) / scale
@@ -65,19 +66,39 @@ refused as truncated before HDF5 reads it (an SWMR reader skips HDF5's own check
 on such a file). A file marked "open for writing" is read as an SWMR reader, which retries a
 read whose checksum fails; it retries only while the recorded writer runs, so a killed run's
 damaged file is refused in seconds, not after an hour of retries.
+
+A writer on another host (a shared filesystem, another node of a cluster) cannot be checked
+that way: the writer refreshes ``/writer_heartbeat`` as it flushes (at most every
+HEARTBEAT_SECONDS), and its file is taken over, with a warning, only once that heartbeat is
+older than LEASE_SECONDS (10 minutes; the hosts' clocks must agree to within minutes); before
+that it is refused, unless ``force`` (``--force``) says the writer is known to be dead. A process
+on this host that still runs is never taken over.
+
+Out of space: a command stops growing the file while the disk (or the process's file-size limit,
+``ulimit -f``) leaves less than DISK_RESERVE bytes beyond what it is about to write, and ends its run
+cleanly in that reserve (DiskFullError: everything written before is kept, a sample run can be
+resumed). A write that fails anyway (another process took the reserve) ends the command at once:
+the file is left as a killed run leaves it, for the next command to recover.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import errno
 import functools
 import json
 import math
 import os
+import resource
 import shutil
+import signal
 import socket
+import threading
 import time
+import warnings
 from dataclasses import dataclass
+from typing import Iterator
 
 import h5py
 import numpy as np
@@ -96,6 +117,9 @@ COUNTERS = ("steps", "quenches", "converged", "accepted", "new_minima", "saddles
 COMPLETED, TIME_UP, INTERRUPTED, FAILED = "completed", "time budget reached", "interrupted by user", "failed"
 RUNNING, KILLED = "running", "killed (never ended)"
 TABLES = ("minima", "transition_states", "networks")  # what a score row's 'table' column counts
+LEASE_SECONDS = 600.0  # a writer on another host whose heartbeat is older may be taken over
+HEARTBEAT_SECONDS = 5.0  # a writer refreshes its heartbeat at a flush at most this often
+DISK_RESERVE = 4 * 2**20  # bytes a writing command keeps free to end its run cleanly
 
 _MINIMA = {  # name: (dtype, trailing shape or 'P', description)
     "energy": ("f8", (), "energy E(w) of the loss in /problem (nats)"),
@@ -147,6 +171,15 @@ _GROUPS = {  # group: (datasets, description)
 
 class DatabaseError(ValueError):
     """A database that cannot be used as asked (wrong file, other problem, corrupt)."""
+
+
+class DiskFullError(OSError):
+    """The disk (or the file-size limit) has no room for what a command writes; what it wrote
+    before is kept."""
+
+
+class DatabaseWarning(UserWarning):
+    """Something done to a database that its user should know of (a writer's file taken over)."""
 
 
 @dataclass(frozen=True)
@@ -239,10 +272,12 @@ class Database:
     """An open landscape database. ``Database(path)`` opens read-only; ``Database(path, problem=p,
     mode='a')`` creates the file for ``p`` or opens it for appending, refusing a file made for a
     different problem (an older schema is upgraded first). ``data_path`` points to the problem's
-    data where it has moved (its content hash is still checked). Use as a context manager."""
+    data where it has moved (its content hash is still checked). ``force`` takes over a file that a
+    process on another host is recorded as writing within its lease (see the module docstring): for
+    a writer known to be dead. Use as a context manager."""
 
     def __init__(self, path: str | os.PathLike, problem: Problem | None = None, mode: str = "r",
-                 data_path: str | None = None):
+                 data_path: str | None = None, force: bool = False):
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         self.path, self.data_path = os.fspath(path), data_path
@@ -258,9 +293,15 @@ class Database:
             with Database(self.path, problem, "r", data_path) as old:
                 if old.schema < SCHEMA_VERSION:
                     _upgrade(self.path, problem or old.problem)
-        self.f = _open(self.path, mode)
+        unclean = exists and _marked_open(self.path)  # before _open, which clears the mark of a killed writer's file
+        self.f = _open(self.path, mode, force)
         self._ds: dict[str, dict[str, h5py.Dataset]] = {}  # datasets of the open file, by group
         self.writable = mode == "a"
+        self._broken = ""  # why a write failed (out of space): nothing more is written, the file is left as it is
+        self._heartbeat_at = -math.inf  # time.monotonic() of the last heartbeat written
+        self._hb: h5py.Dataset | None = None  # /writer_heartbeat while this object writes a run
+        self._run_ds: dict[int, tuple] = {}  # the run's counters and walker datasets, kept open while it writes
+        self._unclean = unclean  # marked open for writing: a table's last rows may be torn (see _whole_rows)
         creating = False
         try:
             if exists and (len(self.f.keys()) > 0 or mode == "r"):
@@ -338,18 +379,73 @@ class Database:
                 ds.refresh()
         return tables
 
-    @staticmethod
-    def _rows(tables: dict[str, h5py.Dataset]) -> int:
+    def _rows(self, tables: dict[str, h5py.Dataset]) -> int:
         """Rows present in every dataset of a table (a writer killed inside an append can leave
-        some datasets one row longer; that row does not count)."""
-        return min((ds.id.shape[0] for ds in tables.values()), default=0)
+        some datasets one row longer; that row does not count), and, in a file marked open for
+        writing, written whole (see _whole_rows)."""
+        n = min((ds.id.shape[0] for ds in tables.values()), default=0)
+        return _whole_rows(tables, n) if self._unclean and n else n
+
+    def _trim_torn(self) -> None:
+        """Cut the torn last rows of every table (see _whole_rows) of a file taken over from a
+        killed or failed writer, so that new rows follow the last whole one."""
+        for group in _GROUPS:
+            tables = self._table(group)
+            n = self._rows(tables)
+            for ds in tables.values():
+                if ds.id.shape[0] > n:
+                    ds.id.set_extent((n, *ds.id.shape[1:]))
+        self._unclean = False
 
     def _append(self, group: str, row: dict) -> int:
         tables = self._table(group)
         n = self._rows(tables)
-        for name, value in row.items():  # a torn row left by a killed writer is overwritten
-            _write_row(tables[name], n, value)
+        with self._writing(grow=sum(ds.id.dtype.itemsize * int(np.prod(ds.id.shape[1:])) for ds in tables.values())):
+            for name, value in row.items():  # a torn row left by a killed writer is overwritten
+                _write_row(tables[name], n, value)
         return n
+
+    @contextlib.contextmanager
+    def _writing(self, grow: int = 0) -> Iterator[None]:
+        """Around a write to the file. Refused (DiskFullError) after a write failed, and where the
+        file grows by about ``grow`` bytes, while the disk or the file-size limit would leave less
+        than DISK_RESERVE bytes (kept to end the run cleanly). A write that fails for want of space
+        leaves the file as it is: nothing more is written to it (see :meth:`_break`)."""
+        if self._broken:
+            raise _abandoned(self._broken)
+        if grow:
+            room = _room(self.path)
+            if room is not None and room < grow + DISK_RESERVE:
+                raise DiskFullError(f"{self.path}: out of space ({room / 2**20:.1f} MiB left, landscape keeps "
+                                    f"{DISK_RESERVE / 2**20:.0f} MiB to end a run cleanly); the run ended and what it "
+                                    "wrote before is kept: free space and run it again (sample --resume continues)")
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            if not _out_of_space(e):
+                raise
+            self._break(f"{self.path}: out of space ({_space_reason(e)}); the command ended at once, the file keeps "
+                        "what was written before (the next command recovers it); free space and run it again")
+            raise _abandoned(self._broken) from None
+
+    def _break(self, message: str) -> None:
+        """After a write that failed for want of space: no further write reaches the file (HDF5's
+        descriptor becomes a read-only one, so neither a flush nor the close, nor HDF5's own at
+        exit, writes a half of what is cached or extends the file with holes); the file stays as
+        the failed write left it, which the next command recovers as a killed run's. Its HDF5
+        objects are kept, never closed: closing them after a failed write crashed HDF5 (a segfault);
+        the ``landscape`` command ends the process without closing them."""
+        self._broken = message
+        _ABANDONED.append((self.f, self._ds, self._run_ds, self._hb))
+        try:
+            fd = self.f.id.get_vfd_handle()
+            ro = os.open(self.path, os.O_RDONLY)
+            try:
+                os.dup2(ro, fd)
+            finally:
+                os.close(ro)
+        except (OSError, ValueError, TypeError):
+            pass
 
     # -- minima --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -391,17 +487,19 @@ class Database:
         """Replace a minimum's point by a better-converged copy: its id, hits and provenance are
         kept, its coordinate version goes up by one (scores of the old coordinates become stale)."""
         g = self._table("minima")
-        for name, value in dict(energy=energy, coords=coords, grad_rms=grad_rms).items():
-            g[name][id_] = value
-        g["version"][id_] = self._read(g["version"], id_) + 1
+        with self._writing():
+            for name, value in dict(energy=energy, coords=coords, grad_rms=grad_rms).items():
+                g[name][id_] = value
+            g["version"][id_] = self._read(g["version"], id_) + 1
 
     def add_hits(self, ids: np.ndarray) -> None:
         """Count one more find of each id in ``ids`` (repeats allowed)."""
         if len(ids):
             u, c = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
             h = self._table("minima")["hits"]
-            for i, k in zip(u, c):
-                h[i] = self._read(h, i) + k
+            with self._writing():
+                for i, k in zip(u, c):
+                    h[i] = self._read(h, i) + k
 
     # -- transition states ---------------------------------------------------------------------
     def add_transition_state(self, energy: float, coords: np.ndarray, minima: tuple[int, int],
@@ -480,10 +578,11 @@ class Database:
         n = self._rows(tables)
         cols = dict(table=np.full(len(ids), TABLES.index(table)), row=ids, kind=np.full(len(ids), k), version=ver,
                     value=np.asarray(values, dtype=np.float64), run=np.full(len(ids), run))
-        for name, value in cols.items():
-            tables[name].resize(n + len(ids), axis=0)
-            tables[name][n:] = value
-        self.f.flush()
+        with self._writing(grow=8 * len(cols) * len(ids)):
+            for name, value in cols.items():
+                tables[name].resize(n + len(ids), axis=0)
+                tables[name][n:] = value
+        self.flush()
 
     def _kind_index(self, kind: ScoreKind) -> int:
         """The row of ``kind`` in /scores/kinds, appended if new."""
@@ -492,8 +591,9 @@ class Database:
                 return i
         ds = self.f["scores/kinds"]
         n = ds.shape[0]
-        ds.resize(n + 1, axis=0)
-        ds[n] = _kind_row(kind)
+        with self._writing(grow=_KIND_DTYPE.itemsize):
+            ds.resize(n + 1, axis=0)
+            ds[n] = _kind_row(kind)
         return n
 
     def _score_rows(self) -> dict[str, np.ndarray]:
@@ -528,38 +628,62 @@ class Database:
         the file is in SWMR mode (rows can be written, nothing created), whose ordered writes leave a
         killed run's file readable and recoverable."""
         check_seed(seed)
-        runs = self.f["runs"]
-        rid = len(runs)
-        g = runs.create_group(str(rid))
-        g.attrs.update(kind=kind, command=command, seed=seed, parameters=json.dumps(parameters, sort_keys=True),
-                       software=f"landscape {__version__}", started=_now(),
-                       status="running (or killed, if no 'ended' attribute)",
-                       description=f"one invocation of landscape {kind}")
-        c = g.create_dataset("counters", data=np.zeros(len(counters)), fletcher32=True)
-        c.attrs.update(names=json.dumps(counters), description="running totals of this run, in order of 'names'")
-        wg = g.create_group("walkers")
-        wg.attrs["description"] = "state of each walker at the last flush, for --resume"
-        for name, (shape, dt, desc) in walker_shapes.items():
-            wg.create_dataset(name, shape, dtype=dt, fletcher32=True).attrs["description"] = desc
-        self.f.attrs["writer"] = json.dumps(_process())
-        self.f.flush()
-        self.f.swmr_mode = True
+        if self._unclean:
+            self._trim_torn()
+        grow = 2**14 + sum(int(np.prod(shape)) * np.dtype(dt).itemsize for shape, dt, _ in walker_shapes.values())
+        with self._writing(grow=grow):  # a run group, its datasets and the writer record (metadata: ~10 kB)
+            runs = self.f["runs"]
+            rid = len(runs)
+            g = runs.create_group(str(rid))
+            g.attrs.update(kind=kind, command=command, seed=seed, parameters=json.dumps(parameters, sort_keys=True),
+                           software=f"landscape {__version__}", started=_now(),
+                           status="running (or killed, if no 'ended' attribute)",
+                           description=f"one invocation of landscape {kind}")
+            c = g.create_dataset("counters", data=np.zeros(len(counters)), fletcher32=True)
+            c.attrs.update(names=json.dumps(counters),
+                           description="running totals of this run, in order of 'names'")
+            wg = g.create_group("walkers")
+            wg.attrs["description"] = "state of each walker at the last flush, for --resume"
+            for name, (shape, dt, desc) in walker_shapes.items():
+                wg.create_dataset(name, shape, dtype=dt, fletcher32=True).attrs["description"] = desc
+            if "writer_heartbeat" not in self.f:  # files of earlier versions lack it
+                hb = self.f.create_dataset("writer_heartbeat", (1,), dtype="f8", chunks=(1,), fletcher32=True)
+                hb.attrs["description"] = ("Unix time (s) of the last sign of life of the process in attribute "
+                                           "'writer', refreshed as it flushes; another host's writer is taken over "
+                                           f"only once it is older than {LEASE_SECONDS:.0f} s")
+            self._hb = self.f["writer_heartbeat"]
+            self._hb[0] = time.time()
+            self._heartbeat_at = time.monotonic()
+            self.f.attrs["writer"] = json.dumps(_process())
+            self.f.flush()
+            self.f.swmr_mode = True
+        # the run's datasets stay open (one closed flushes its chunks where a failed write could not be seen)
+        self._run_ds = {rid: (g["counters"], {name: wg[name] for name in walker_shapes})}
         return rid
 
     def save_run_state(self, rid: int, counters: dict, walkers: dict[str, np.ndarray]) -> None:
-        g = self.f[f"runs/{rid}"]
-        names = json.loads(g["counters"].attrs["names"])
-        g["counters"][:] = [float(counters.get(k, 0)) for k in names]
-        for name, value in walkers.items():
-            g["walkers"][name][...] = value
+        c, w = self._run_ds.get(rid) or (self.f[f"runs/{rid}/counters"], self.f[f"runs/{rid}/walkers"])
+        names = json.loads(c.attrs["names"])
+        with self._writing():
+            c[:] = [float(counters.get(k, 0)) for k in names]
+            for name, value in walkers.items():
+                w[name][...] = value
 
     def end_run(self, rid: int, status: str) -> None:
         """Close SWMR mode (reopening the file) and stamp the run's end (``status``: COMPLETED,
-        TIME_UP, INTERRUPTED or FAILED)."""
-        self.f.close()
-        self.f, self._ds = _open(self.path, "a"), {}
-        self.f[f"runs/{rid}"].attrs.update(ended=_now(), status=status)
-        self.f.flush()
+        TIME_UP, INTERRUPTED or FAILED). SIGINT and SIGTERM wait until it is done, so the end is
+        recorded whole; a reader holding the file does not stop it (HDF5's lock, which a reader
+        takes, is not needed by the writer the file names: a second writer is still refused, by the
+        superblock's flags). After a write failed for want of space, nothing is written."""
+        if self._broken:
+            return
+        with _signals_deferred():
+            self._run_ds, self._hb = {}, None
+            self.f.close()
+            self.f, self._ds = _reopen(self.path), {}
+            with self._writing():
+                self.f[f"runs/{rid}"].attrs.update(ended=_now(), status=status)
+                self.f.flush()
 
     def runs(self, kind: str | None = None) -> list[dict]:
         """Every run's record (those of command ``kind`` only, if given), oldest first. A run that
@@ -575,7 +699,7 @@ class Database:
             counters = dict(zip(json.loads(g["counters"].attrs["names"]), self._read(g["counters"]).tolist()))
             status = a.get("status")
             if a.get("ended") is None:
-                live = rid == ids[-1] and _running(json.loads(self.f.attrs.get("writer", "{}")))
+                live = rid == ids[-1] and _running(_writer_of(self.f))
                 status = RUNNING if live else KILLED
             out.append({"id": int(rid), "kind": a.get("kind", "sample"), "command": a.get("command"),
                         "seed": int(a.get("seed", -1)), "parameters": json.loads(a.get("parameters", "{}")),
@@ -670,10 +794,16 @@ class Database:
         raise _damaged(self.path, f"the checksum of data in {ds.name} fails")
 
     def flush(self) -> None:
-        self.f.flush()
+        """Write what is cached to the file (readers see it), with the writer's heartbeat."""
+        with self._writing():
+            if self._hb is not None and time.monotonic() - self._heartbeat_at >= HEARTBEAT_SECONDS:
+                self._hb[0] = time.time()
+                self._heartbeat_at = time.monotonic()
+            self.f.flush()
 
     def close(self) -> None:
-        if self.f.id.valid:
+        if self.f.id.valid and not self._broken:  # a broken file's objects are kept open (see _break)
+            self._run_ds, self._hb = {}, None
             self.f.close()
 
     def __enter__(self) -> "Database":
@@ -810,18 +940,19 @@ def _same_problem(a: Problem, b: Problem) -> bool:
 _LIBVER = ("v110", "v110")  # superblock v3: what SWMR needs and what _check_length reads
 
 
-def _open(path: str, mode: str) -> h5py.File:
+def _open(path: str, mode: str, force: bool = False) -> h5py.File:
     """Open read-only (as an SWMR reader when a run is writing the file, or was killed while it
     did) or for appending; a file left marked 'open for writing' by a killed run is recovered
-    when its writer no longer runs."""
+    when its writer no longer runs (another host's: once its lease ran out, or at once with
+    ``force``)."""
     if os.path.exists(path):
         _check_length(path)
     try:
         if mode == "r":
             try:  # HDF5 reads a closed file's metadata, checksums and all, at once
                 return h5py.File(path, "r", libver=_LIBVER)
-            except OSError as e:
-                if "already open for write" not in str(e):
+            except OSError as e:  # (a file left short by a failed write passed _check_length: read it as SWMR)
+                if "already open for write" not in str(e) and "truncated file" not in str(e):
                     raise
             # a run writes it (or was killed while writing): read as SWMR. An SWMR reader retries reads
             # whose checksum fails, for a writer caught mid-write; a killed writer's file gets one
@@ -829,11 +960,10 @@ def _open(path: str, mode: str) -> h5py.File:
             return _swmr_reader(path, None if _running(_writer(path)) else 1)
         return h5py.File(path, "a", libver=_LIBVER)
     except OSError as e:
-        if mode == "a" and "already open for write" in str(e) and not _locked(path):
+        if mode == "a" and ("already open for write" in str(e) or "truncated file" in str(e)) and not _locked(path):
             writer = _writer(path)
-            if _running(writer):
-                raise DatabaseError(f"{path}: being written by process {writer['pid']} (a landscape sample run); "
-                                    "wait for it to end, or stop it") from None
+            _take_over(path, writer, force)
+            _extend_to_eof(path)
             _clear_write_flags(path)
             return h5py.File(path, "a", libver=_LIBVER)
         reason = str(e).splitlines()[0]
@@ -860,9 +990,84 @@ def _check_length(path: str) -> None:
     o = sb[9]
     base, eof = int.from_bytes(sb[12:12 + o], "little"), int.from_bytes(sb[12 + 2 * o:12 + 3 * o], "little")
     size = os.path.getsize(path)
-    if size < base + eof and not _locked(path):
+    if size < base + eof and not _locked(path) and not _short_by_a_failed_write(path, sb):
         raise DatabaseError(f"{path}: truncated ({size} of {base + eof} bytes; an incomplete copy or a full disk?); "
                             "restore it from a backup or use a new path")
+
+
+_TAIL = 512  # the last rows of a table checked for being whole (the coordinates of the last 8)
+
+
+def _whole_rows(tables: dict[str, h5py.Dataset], n: int) -> int:
+    """The first ``n`` rows of a table less its last rows that were not written whole. A write that
+    failed for want of space can leave a table's row count raised while some of its columns kept
+    the fill value (0) there; each table has columns that no row written whole holds at 0 (a
+    minimum's hits and gradient, a transition state's gradient, a score's run)."""
+    group = next(iter(tables.values())).name.split("/")[1]
+    test = _WHOLE.get(group)
+    if test is None:
+        return n
+    a = max(0, n - _TAIL)
+    cols = {name: ds[a:n] for name, ds in tables.items() if name in ("hits", "grad_rms", "run", "minima")}
+    if "coords" in tables:  # of the last few rows only (a row is P floats)
+        b = max(a, n - 8)
+        cols["coords"] = np.ones((n - a, 1))
+        cols["coords"][b - a:] = np.any(tables["coords"][b:n] != 0, axis=1, keepdims=True)
+    try:
+        whole = test(cols)
+    except KeyError:  # a table of an older schema
+        return n
+    bad = np.flatnonzero(~whole)
+    while len(bad) and bad[-1] == n - a - 1:  # cut from the end while torn
+        n -= 1
+        bad = bad[:-1]
+    return n
+
+
+_WHOLE = {
+    "minima": lambda c: (c["hits"] >= 1) & (c["grad_rms"] > 0) & np.any(c["coords"] != 0, axis=1),
+    "transition_states": lambda c: (c["grad_rms"] > 0) & np.any(c["coords"] != 0, axis=1),
+    "attempts": lambda c: c["minima"][:, 0] != c["minima"][:, 1],
+    "networks": lambda c: np.any(c["coords"] != 0, axis=1),
+    "scores": lambda c: c["run"] != 0,
+}
+
+
+def _marked_open(path: str) -> bool:
+    """Whether the superblock (v2/v3) marks the file open for writing: a run writes it, or was
+    killed or failed while it did."""
+    try:
+        with open(path, "rb") as fh:
+            sb = fh.read(12)
+    except OSError:
+        return False
+    return len(sb) == 12 and sb[:8] == _SIGNATURE and sb[8] in (2, 3) and sb[11] != 0
+
+
+def _short_by_a_failed_write(path: str, sb: bytes) -> bool:
+    """Whether a file shorter than its superblock says was left so by a writer whose write failed
+    for want of space (its run ended at once; see Database._break): the file is marked open for
+    writing and that writer no longer runs. Such a file is read as it is (HDF5 reads its missing
+    end as zeros: whatever lay there is refused by its checksums) and extended when taken over."""
+    if sb[11] == 0:
+        return False
+    try:
+        return not _running(_writer(path))
+    except DatabaseError:
+        return False
+
+
+def _extend_to_eof(path: str) -> None:
+    """Extend a file left short by a failed write (see _short_by_a_failed_write) to the end its
+    superblock records, with a hole that reads as zeros, as HDF5's writer needs."""
+    with open(path, "rb") as fh:
+        sb = fh.read(48)
+    if sb[:8] != _SIGNATURE or sb[8] not in (2, 3) or len(sb) < 12 + 3 * sb[9]:
+        return
+    o = sb[9]
+    end = int.from_bytes(sb[12:12 + o], "little") + int.from_bytes(sb[12 + 2 * o:12 + 3 * o], "little")
+    if os.path.getsize(path) < end:
+        os.truncate(path, end)
 
 
 def _process() -> dict:
@@ -890,14 +1095,14 @@ def _start_time(pid: int) -> int | None:
 
 
 def _writer(path: str) -> dict:
-    """The ``writer`` attribute of a file marked open for writing (empty if it has none), read with
+    """The ``writer`` record of a file marked open for writing (see _writer_of), read with
     _PROBE_ATTEMPTS, three times 0.5 s apart: a live writer's half-written metadata is whole again
     within milliseconds, a damaged file's never."""
     for tries in range(3):
         time.sleep(0.5 if tries else 0.0)
         try:
             with _swmr_reader(path, _PROBE_ATTEMPTS) as f:
-                return json.loads(f.attrs.get("writer", "{}"))
+                return _writer_of(f)
         except (OSError, RuntimeError, KeyError) as e:
             error = e
     raise _damaged(path, error)
@@ -946,10 +1151,130 @@ def _metadata_read_attempts():
     return fn
 
 
+def _take_over(path: str, writer: dict, force: bool) -> None:
+    """Refuse (DatabaseError) to take the file ``path`` over from the recorded ``writer`` while it
+    may run: a process of this host that runs, always; another host's within its lease, unless
+    ``force``. Taking over from another host's writer is said in a warning."""
+    here = writer.get("host") == socket.gethostname()
+    if here and _running(writer):
+        raise DatabaseError(f"{path}: being written by process {writer['pid']} (a landscape run); wait for it to end, "
+                            "or stop it")
+    if here or not writer:
+        return
+    age = time.time() - writer["heartbeat"] if writer.get("heartbeat") is not None else None
+    who = f"process {writer.get('pid')} on host {writer.get('host')}"
+    beat = "no heartbeat recorded" if age is None else f"last heartbeat {age:.0f} s ago"
+    if _running(writer) and not force:
+        raise DatabaseError(f"{path}: being written by {who} ({beat}; its lease lasts {LEASE_SECONDS:.0f} s); wait "
+                            "for it to end, or pass --force if it is known to be dead")
+    why = "as --force asks" if _running(writer) else f"its lease of {LEASE_SECONDS:.0f} s ran out"
+    warnings.warn(f"{path}: taking it over from {who} ({beat}): {why}", DatabaseWarning, stacklevel=4)
+
+
+def _lease_left(w: dict) -> float:
+    """Seconds left of the lease of another host's writer ``w`` (-inf without a heartbeat: a writer
+    of a version without leases)."""
+    return -math.inf if w.get("heartbeat") is None else w["heartbeat"] + LEASE_SECONDS - time.time()
+
+
+def _writer_of(f: h5py.File) -> dict:
+    """The ``writer`` record of the open file ``f`` with its ``heartbeat`` (Unix time; None where the
+    file has none), empty if it has no writer."""
+    w = json.loads(f.attrs.get("writer", "{}"))
+    hb = f.get("writer_heartbeat")
+    if w:
+        if hb is not None and f.swmr_mode and f.mode == "r":
+            hb.refresh()
+        w["heartbeat"] = float(hb[0]) if hb is not None else None
+    return w
+
+
+def _reopen(path: str) -> h5py.File:
+    """The file a run has just closed, reopened for writing by that run. A reader that opened it
+    meanwhile holds HDF5's lock; the file is then opened without taking the lock (a second writer
+    would have marked the superblock open for writing, which HDF5 refuses without the lock too)."""
+    try:
+        return h5py.File(path, "a", libver=_LIBVER)
+    except OSError as e:
+        if "unable to lock file" not in str(e):
+            raise
+    return h5py.File(path, "a", libver=_LIBVER, locking=False)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM received in the block are handled when it ends (in the main thread; in
+    others the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is not None and handler != signal.SIG_IGN:  # None: set outside Python, left alone
+            previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in received:
+            signal.raise_signal(sig)
+
+
+def _room(path: str) -> int | None:
+    """Bytes the file at ``path`` can still grow by: the free space of its disk (for unprivileged
+    users) and what the process's file-size limit leaves; None where neither can be told."""
+    room = None
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        room = st.f_bavail * st.f_frsize
+    except OSError:
+        pass
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        with contextlib.suppress(OSError):
+            left = max(0, limit - os.path.getsize(path))
+            room = left if room is None else min(room, left)
+    return room
+
+
+_ABANDONED: list = []  # the HDF5 objects of files whose write failed for want of space (never closed)
+_SPACE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file-size limit is reached",
+                 errno.EDQUOT: "the disk quota is exceeded"}
+
+
+def _out_of_space(e: BaseException) -> bool:
+    """Whether an error of h5py (which names the errno in its message) or of the OS is a write
+    that failed for want of space."""
+    return getattr(e, "errno", None) in _SPACE_ERRNOS or any(f"errno = {n}," in str(e) for n in _SPACE_ERRNOS)
+
+
+def _abandoned(message: str) -> DiskFullError:
+    """The error of a write that failed for want of space; its ``abandoned`` says the file is left
+    open, never closed (see Database._break): the ``landscape`` command ends with os._exit."""
+    error = DiskFullError(message)
+    error.abandoned = True
+    return error
+
+
+def _space_reason(e: BaseException) -> str:
+    for n, reason in _SPACE_ERRNOS.items():
+        if getattr(e, "errno", None) == n or f"errno = {n}," in str(e):
+            return reason
+    return str(e).splitlines()[0]
+
+
 def _running(w: dict) -> bool:
-    """Whether the recorded writer ``w`` still runs. A writer on another host or before this
-    boot does not; a pid whose start time differs is another process."""
-    if not w or w.get("host") != socket.gethostname() or w.get("boot") != _boot_id():
+    """Whether the recorded writer ``w`` may still run. On this host: its pid runs and started
+    when recorded (not before this boot). On another host, where its process cannot be seen:
+    while its lease lasts, LEASE_SECONDS from its last heartbeat."""
+    if not w:
+        return False
+    if w.get("host") != socket.gethostname():
+        return _lease_left(w) > 0
+    if w.get("boot") != _boot_id():
         return False
     if os.path.isdir("/proc/self"):
         return _start_time(w["pid"]) == w.get("start")

@@ -139,7 +139,7 @@ def score(db: str | os.PathLike | Database, eps: float | Sequence[float] = (), m
           space: str = "logits", split: str | None = None, batch: int = 128, progress: bool = True,
           data_path: str | None = None, command: str = "", *, quantities: str | Sequence[str] = ("sensitivity",),
           aggregation: str | Sequence[str] = ("mean_log",), verify_method: str = "ibp+crown", pgd: PGD = PGD(),
-          flatness: Flatness = Flatness()) -> ScoreResult:
+          flatness: Flatness = Flatness(), force: bool = False) -> ScoreResult:
     """Compute ``quantities`` (of :data:`QUANTITIES`; module docstring) for every minimum of ``db`` (a
     path, or a :class:`Database` opened with mode 'a') where they are missing or stale.
 
@@ -149,13 +149,15 @@ def score(db: str | os.PathLike | Database, eps: float | Sequence[float] = (), m
     ``verify_method``: the bounds of 'verified'; ``pgd``, ``flatness``: those quantities' settings.
     ``split`` None uses the test split where the problem has one and the training split otherwise.
     ``batch``: networks per batch. ``data_path`` points to moved data (its content hash is checked).
-    Warns where eps carries no information (0, or a ball wider than the data)."""
+    Warns where eps carries no information (0, or a ball wider than the data). ``force`` takes the
+    file over from a writer on another host within its lease (:class:`Database`). Out of space, the
+    run ends as failed with what it wrote kept (DiskFullError)."""
     request = _request(eps, quantities, method, space, split, aggregation, verify_method, pgd, flatness, batch)
     if isinstance(db, Database):
         if not db.writable:
             raise ValueError(f"{db.path} is open read-only: open it with Database(path, mode='a') to score it")
         return _score(db, request, progress, command)
-    with Database(db, mode="a", data_path=data_path) as d:
+    with Database(db, mode="a", data_path=data_path, force=force) as d:
         return _score(d, request, progress, command)
 
 
