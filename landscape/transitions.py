@@ -61,6 +61,8 @@ from .models import UnitGroup
 FULL_HESSIAN_MAX_P = 1000
 DESCENT_HALVINGS = 40
 SPRING_SCALE = 4.0
+SPRING_CHECK = 10
+SPRING_MAX_FACTOR = 64.0
 
 
 class EnergyLike(Protocol):
@@ -84,6 +86,12 @@ class Settings:
     length squared), or None for SPRING_SCALE times the height of the initial band over its lower
     end divided by its squared length (softer springs let images bunch up and a climbing image
     run away, stiffer ones hold the band straight across the valley it should bend into);
+    ``spacing_limit``: every SPRING_CHECK iterations, a band whose longest segment is more than
+    spacing_limit times the segments of the straight band between its ends has its springs
+    doubled, up to
+    SPRING_MAX_FACTOR times their initial value (on a soft landscape springs set by the barrier
+    let images slide into valleys far off the line and tear the band open, leaving its climbing
+    image on a ridge between distant images);
     ``band_maxiter`` iterations of the plain band, then ``climb_maxiter`` with the
     ``max_climbing`` highest local maxima climbing (each phase ends early for a band whose force
     RMS falls to ``band_rtol`` times its value at the phase's start); ``band_maxstep``, the
@@ -109,6 +117,7 @@ class Settings:
 
     images: int = 16
     spring: float | None = None
+    spacing_limit: float = 3.0
     band_maxiter: int = 200
     climb_maxiter: int = 200
     band_rtol: float = 1e-2
@@ -138,6 +147,7 @@ class Settings:
                                              "max_uphill", "memory", "max_rotations", "descent_memory",
                                              "descent_maxiter", "retry_factor")),
                  (lambda v: v >= 0, ">= 0", ("band_maxiter", "climb_maxiter", "retries")),
+                 (lambda v: v > 1, "> 1", ("spacing_limit",)),
                  (lambda v: v > 0, "> 0", ("band_rtol", "band_maxstep", "tol", "maxstep", "rotation_tol",
                                            "accept_tol", "pushoff", "descent_tol", "descent_maxstep")))
         for ok, rule, names in rules:
@@ -455,6 +465,14 @@ def _spring_constants(x: np.ndarray, E: np.ndarray) -> np.ndarray:
     return np.where(k > 0, k, 1.0)
 
 
+def _torn(x: np.ndarray, limit: float) -> np.ndarray:
+    """(B,) whether the longest segment of each band ``x`` (B, n + 2, P) is more than ``limit``
+    times the segment of the straight band between its ends."""
+    seg = np.linalg.norm(np.diff(x, axis=1), axis=-1)
+    straight = np.linalg.norm(x[:, -1] - x[:, 0], axis=-1) / seg.shape[1]
+    return seg.max(1) > limit * straight
+
+
 def _local_maxima(E: np.ndarray, count: int) -> np.ndarray:
     """(B, n) mask of the ``count`` highest interior local maxima of each band's energies ``E``
     (B, n + 2); the highest interior image where a band has none."""
@@ -481,6 +499,7 @@ def band(energy: EnergyLike, a: np.ndarray, b: np.ndarray, settings: Settings = 
     Eall, Gall = energy.energy_gradient(x.reshape(-1, P))
     E, G = Eall.reshape(B, n + 2), Gall.reshape(B, n + 2, P)
     k = np.full(B, settings.spring) if settings.spring is not None else _spring_constants(x, E)
+    k0 = k.copy()
     G = G[:, 1:-1].copy()
     climbing = np.zeros((B, n), bool)
     opt = _ForceLBFGS(B, n * P, settings.band_memory, settings.band_maxstep, P, guard=True)
@@ -492,18 +511,29 @@ def band(energy: EnergyLike, a: np.ndarray, b: np.ndarray, settings: Settings = 
         force, tau = _band_gradient(x, E, G, k, climbing)
         first = _rms(force.reshape(B, -1))
         active = np.ones(B, bool)
-        for _ in range(iterations):
+        for it in range(iterations):
             rms = _rms(force.reshape(B, -1))
             active &= rms > settings.band_rtol * first
             rows = np.flatnonzero(active)
             if len(rows) == 0:
                 break
+            if it and it % SPRING_CHECK == 0:
+                torn = rows[_torn(x[rows], settings.spacing_limit)
+                            & ((k[rows] < k0[rows] * SPRING_MAX_FACTOR) | climbing[rows].any(1))]
+                k[torn] = np.minimum(k[torn], k0[torn] * SPRING_MAX_FACTOR / 2.0)
+                if len(torn):
+                    k[torn] *= 2.0
+                    climbing[torn] = False  # a climbing image that tore its band ran away uphill
+                    opt.reset(torn)
+                    force[torn], tau[torn] = _band_gradient(x[torn], E[torn], G[torn], k[torn], climbing[torn])
             d = opt.step(rows, x[rows, 1:-1].reshape(len(rows), -1), force[rows].reshape(len(rows), -1))
             x[rows, 1:-1] += d.reshape(len(rows), n, P)
             e, g = energy.energy_gradient(x[rows, 1:-1].reshape(-1, P))
             E[rows, 1:-1], G[rows] = e.reshape(len(rows), n), g.reshape(len(rows), n, P)
             force[rows], tau[rows] = _band_gradient(x[rows], E[rows], G[rows], k[rows], climbing[rows])
             nit += 1
+    none = ~climbing.any(1)
+    climbing[none] = _local_maxima(E[none], settings.max_climbing)
     return BandResult(x, E, tau, climbing, _rms(force.reshape(B, -1)), k, nit)
 
 

@@ -87,6 +87,24 @@ def test_band_and_refinement_find_the_mueller_brown_saddles(mb):
     assert {tuple(np.round(ts.x, 6)) for ts in found} == {tuple(np.round(s, 6)) for s in saddles.values()}
 
 
+@pytest.mark.parametrize("spring", [1e-3, 1e-2, 1e-1])
+def test_a_climbing_image_that_tears_its_band_does_not_run_away(mb, spring):
+    """With springs too weak to hold it (as barrier-scaled springs are on the soft digits
+    landscape), the climbing image of a band from A to C ran uphill without bound (energies of
+    1e144) and dragged its band apart; torn bands now get stiffer springs and their climbing
+    image stops climbing, and the band still leads to the A-C saddle."""
+    mb, minima, saddles = mb
+    bands = transitions.band(mb, minima["A"], minima["C"], transitions.Settings(spring=spring))
+    segments = np.linalg.norm(np.diff(bands.x[0], axis=0), axis=1)
+    straight = np.linalg.norm(minima["C"] - minima["A"]) / len(segments)
+    assert np.isfinite(bands.energy).all() and bands.energy.max() < -40.0
+    assert segments.max() < 2 * transitions.Settings().spacing_limit * straight
+    assert bands.spring[0] > spring
+    which = np.argwhere(bands.climbing)
+    states = transitions.refine(mb, bands.x[which[:, 0], which[:, 1] + 1], bands.tangent[which[:, 0], which[:, 1]])
+    assert any(ts.verified and np.linalg.norm(ts.x - saddles[("A", "C")]) < 1e-8 for ts in states)
+
+
 def test_descent_from_each_mueller_brown_saddle_reaches_its_two_minima(mb):
     mb, minima, saddles = mb
     for (m1, m2), x in saddles.items():
