@@ -9,7 +9,9 @@ eigenvalue. Found as GMIN/OPTIM/PATHSAMPLE and pele find them, in four steps:
    to the band (Henkelman-Jonsson tangent), the spring force along it and the part of the
    perpendicular spring force orthogonal to the gradient; after ``band_maxiter`` iterations the
    highest local maxima become climbing images (the gradient's component along the band
-   reversed). The images of all bands are one batch for the energy. Band forces are not the
+   reversed). A band torn open (one segment much longer than the straight band's: images slid
+   into side valleys, or a climbing image ran uphill) gets stiffer springs and its climbing
+   images stop climbing. The images of all bands are one batch for the energy. Band forces are not the
    gradient of a scalar, so they are minimised by L-BFGS without an energy line search, each
    image's step capped by a trust radius that an overshooting step halves.
 2. :func:`refine`: min-mode following from each climbing image (a dimer method whose curvature
