@@ -41,7 +41,7 @@ import numbers
 import time
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, ClassVar, Protocol
+from typing import Callable, ClassVar, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -117,12 +117,9 @@ def interval_bounds(module: nn.Sequential, x: Tensor, eps: float, domain: Domain
     layers (nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.Flatten, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Softplus)
     without building a Network or checking arguments: on the small batches of training those
     cost as much as the arithmetic."""
-    lo, hi = _ball(x, eps, domain)
-    c, r = (hi + lo) / 2, (hi - lo) / 2
     layers = list(module)
     merge = labels is not None and isinstance(layers[-1], nn.Linear)
-    for layer in layers[:-1] if merge else layers:
-        c, r = _interval_layer(layer, c, r)
+    c, r = centre_radius(layers[:-1] if merge else layers, x, eps, domain)
     if merge:
         last = layers[-1]
         w = last.weight.unsqueeze(0) - last.weight[labels].unsqueeze(1)  # (B, out, in): rows w_j - w_label
@@ -137,6 +134,17 @@ def interval_bounds(module: nn.Sequential, x: Tensor, eps: float, domain: Domain
         zero = F.one_hot(labels, c.shape[1]).bool()
         return lo.masked_fill(zero, 0.0), hi.masked_fill(zero, 0.0)
     return c - r, c + r
+
+
+def centre_radius(layers: Sequence[nn.Module], x: Tensor, eps: float, domain: Domain = None
+                  ) -> tuple[Tensor, Tensor]:
+    """Centre and radius (B, out) of the interval box of ``layers`` (applied in order; as
+    :func:`interval_bounds`) over the ball of radius ``eps`` around x, clipped to ``domain``."""
+    lo, hi = _ball(x, eps, domain)
+    c, r = (hi + lo) / 2, (hi - lo) / 2
+    for layer in layers:
+        c, r = _interval_layer(layer, c, r)
+    return c, r
 
 
 def _interval_layer(layer: nn.Module, c: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
@@ -217,8 +225,9 @@ class SensitivityLoss(_Base):
     def log_volume(self, module: nn.Module, x: Tensor, y: Tensor, eps: float, domain: Domain) -> Tensor:
         """Mean log-volume (nats, scalar) of the batch's boxes: IBP on the module's layers
         (:func:`interval_bounds`) for the logits, :func:`robustness.log_volume` otherwise."""
-        if self.method == "ibp" and self.space == "logits":
-            return box_log_volume(*interval_bounds(module, x, eps, domain)).mean()
+        if self.method == "ibp" and self.space == "logits":  # widths 2 r, floored at 1e-12 (nearly as box_log_volume)
+            _, r = centre_radius(list(module), x, eps, domain)
+            return (2 * r).clamp(min=1e-12).log().sum(-1).mean()
         return log_volume(network(module, x), x, eps, method=self.method, space=self.space, labels=y,
                           domain=domain).mean[0]
 
