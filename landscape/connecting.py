@@ -92,6 +92,10 @@ def _connect(db: Database, pairs, lowest: int, every: bool, seed: int, max_attem
              minutes: float | None, settings: transitions.Settings, progress: bool, command: str) -> ConnectSummary:
     problem = db.problem
     energy = problem.energy()
+    if energy.kinks is not None:
+        raise ValueError(f"{db.path}: its loss has a sensitivity term, whose minima sit on kinks of |W| where the "
+                         "gradient the band and the saddle search follow is not defined: connect takes a smooth "
+                         "loss (no --sensitivity-weight)")
     m = db.minima()
     goals = targets(m.energy, pairs, lowest, every)
     groups = problem.model.unit_groups()

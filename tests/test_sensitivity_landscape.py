@@ -107,3 +107,13 @@ def test_compare_takes_a_stored_sensitivity_score(sampled, tmp_path):
     with Database(sampled["plain"]) as db:
         rows = landscape.analysis.compare([db])
     assert rows[0]["sensitivity_source"] == "stored"
+
+
+def test_connect_refuses_a_loss_with_kinks_in_one_line(sampled, capsys):
+    """The band and the saddle search follow the gradient, undefined on the kinks the minima of the
+    paper's loss sit on: connect says so, exit 2, and leaves the file byte-identical."""
+    before = open(sampled["term"], "rb").read()
+    assert main(["connect", sampled["term"], "--lowest", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sensitivity term" in err and "connect takes a smooth loss" in err
+    assert open(sampled["term"], "rb").read() == before
