@@ -53,7 +53,7 @@ from .loss import CrossEntropy, LossData
 from .models import Model
 from .problem import Problem
 
-METHODS = ("ibp", "crown", "ibp+crown")
+METHODS = robustness.bounds.METHODS  # ibp, crown, ibp+crown, alpha-crown
 SPACES = ("logits", "logit_diff", "softmax")
 SPLITS = ("train", "test")
 QUANTITIES = ("sensitivity", "accuracy", "loss", "pgd", "verified", "flatness")

@@ -89,3 +89,15 @@ def test_each_eps_gets_its_own_score_and_a_repeated_eps_is_computed_once(db_path
     close, exact = (scores[f"sensitivity_softmax_crown_eps{e}_test"] for e in ("0.1000001", "0.1"))
     assert close[1].eps == 0.1000001 and exact[1].eps == 0.1
     assert np.all(close[0] > exact[0])  # the larger ball, the larger box
+
+
+def test_alpha_crown_scores_are_never_looser_than_crown(db_path):
+    """``--method alpha-crown`` (optimised slopes, robustness.alpha_crown) is offered by score and
+    gives each minimum a box no larger than CROWN's."""
+    score(str(db_path), [0.1], method="crown", progress=False)
+    done = score(str(db_path), [0.1], method="alpha-crown", progress=False)
+    with Database(db_path) as db:
+        scores, n = db.scores(), len(db)
+    assert done.computed == {"sensitivity_logits_alpha-crown_eps0.1_test": n}
+    alpha, crown = (scores[f"sensitivity_logits_{m}_eps0.1_test"][0] for m in ("alpha-crown", "crown"))
+    assert np.all(np.isfinite(alpha)) and np.all(alpha <= crown + 1e-9) and np.any(alpha < crown - 1e-3)
