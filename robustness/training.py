@@ -14,8 +14,10 @@ to 1), the input ``domain`` and a random generator. Objectives by name (:data:`O
 * 'l2': cross-entropy + ``lam`` * sum of squared parameters (biases included, as the landscape's L2).
 * 'sensitivity': the paper's loss (arXiv 1810.11726): cross-entropy + ``lam`` ||w||^2 + ramp *
   ``lambda_s`` * the mean IBP log-volume (nats) of the output box in ``space`` at the current eps
-  (:func:`robustness.log_volume`). A sum of log-widths can fall by collapsing one output's width
-  while others grow: :func:`output_log_widths` gives them one by one.
+  (for the logits by :func:`interval_bounds` on the module's own layers, otherwise by
+  :func:`robustness.log_volume`). A sum of log-widths can fall by collapsing one output's width
+  while others grow: :func:`output_log_widths` gives them one by one. The log-volume has no lower
+  bound (a constant output has width 0), so too large a lambda_s collapses the outputs.
 * 'input_gradient': cross-entropy + ``lambda_g`` * mean over points of ||grad_x CE||^2 (double
   backpropagation; Ross & Doshi-Velez 2018).
 * 'pgd': cross-entropy at the PGD adversary of radius eps (:func:`robustness.pgd`; Madry et al. 2018).

@@ -287,3 +287,14 @@ def test_run_configs_parse(tmp_path):
         if name.startswith("digits"):
             assert problem.dataset().scaling == "unit" and problem.dataset().X_train.max() <= 1.0
         assert math.isfinite(args.eps)
+
+
+def test_evaluation_of_a_network_with_constant_outputs_does_not_fail(digits):
+    """A network collapsed by too large a lambda_s: DeepFool has no gradient to follow, rho_adv is NaN."""
+    _, _, xt, yt = digits
+    module = rt.mlp((64, 8, 10), "relu")
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+    ev = rt.evaluate(module, xt[:20], yt[:20], rt.EvalConfig(eps=(0.1,), pgd_steps=2), domain=DOMAIN)
+    assert math.isnan(ev.rho_adv) and ev.per_eps[0.1]["sensitivity_ibp"] < -200
