@@ -95,9 +95,50 @@ def _parse(argv: list[str]) -> argparse.Namespace:
             if key not in allowed:
                 raise ValueError(f"{args.config}: unknown key {key!r} in [{args.command}]; allowed: "
                                  f"{', '.join(sorted(allowed))}")
-        sub.set_defaults(**table)
+        actions = {a.dest: a for a in sub._actions}
+        sub.set_defaults(**{key: _config_value(args.config, args.command, actions[key], value)
+                            for key, value in table.items()})
         args = parser.parse_args(argv)
     return args
+
+
+def _config_value(path: str, command: str, action: argparse.Action, value: object) -> object:
+    """A config table's ``value`` for the option of ``action``, checked as the command line
+    would check it (a list where the option takes several values); ValueError naming the key."""
+    key = f"{path}: {action.dest} in [{command}]"
+    if action.nargs == 0:  # a switch (--all, --json)
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value if value else action.default
+    many = action.nargs in ("+", "*")
+    items = value if many and isinstance(value, list) else [value]
+    if many and not isinstance(value, list) or not items and action.nargs == "+":
+        raise ValueError(f"{key} must be a list of one or more values, e.g. [{_example(action)}], got {value!r}")
+    out = []
+    for v in items:
+        if action.type is _pair and isinstance(v, list) and len(v) == 2 and all(type(i) is int for i in v):
+            v = f"{v[0]},{v[1]}"
+        if action.type in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                            or action.type is int and not isinstance(v, int)):
+            raise ValueError(f"{key} must be {'a whole number' if action.type is int else 'a number'}"
+                             f"{' each' if many else ''}, got {v!r}")
+        if action.type not in (int, float) and not isinstance(v, str):
+            raise ValueError(f"{key} must be text{' each' if many else ''}, e.g. {_example(action)}, got {v!r}")
+        if isinstance(v, str) and action.type is not None:
+            try:
+                v = action.type(v)
+            except (argparse.ArgumentTypeError, ValueError) as e:
+                raise ValueError(f"{key}: {e}") from None
+        if action.choices is not None and v not in action.choices:
+            raise ValueError(f"{key} must be one of {', '.join(map(str, action.choices))}, got {v!r}")
+        out.append(v)
+    return out if many else out[0]
+
+
+def _example(action: argparse.Action) -> str:
+    if action.choices:
+        return ", ".join(f'"{c}"' for c in list(action.choices)[:2])
+    return {int: "1", float: "0.1", _pair: '"0,1"'}.get(action.type, '"..."')
 
 
 def _config_keys(sub: argparse.ArgumentParser) -> set[str]:
@@ -337,6 +378,9 @@ def _main(argv: list[str]) -> int:
             sys.stdout.flush()
             os._exit(code)
         return code
+    except MemoryError as e:  # sizes are checked before allocating; this is the rest
+        return _fail(f"out of memory ({str(e).splitlines()[0] if str(e) else 'an allocation failed'}); use a "
+                     "smaller model (--hidden, --channels), fewer --walkers or fewer samples (--limit)")
     except KeyboardInterrupt:
         print("landscape: interrupted; what was written is kept", file=sys.stderr)
         return INTERRUPTED_EXIT
@@ -378,16 +422,26 @@ def _sampler_keys() -> tuple[str, ...]:
 
 
 def _read_config(path: str) -> dict[str, dict]:
+    if os.path.isdir(path):
+        raise ValueError(f"config file {path} is a directory: give the TOML file (runs/ holds examples)")
     if not os.path.isfile(path):
         raise ValueError(f"config file {path} does not exist (runs/ holds examples)")
-    with open(path, "rb") as f:
-        try:
+    try:
+        with open(path, "rb") as f:
             cfg = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: not valid TOML: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}; fix the file (runs/ holds examples)") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (TOML is UTF-8 text); give a TOML config (runs/ holds "
+                         "examples)") from None
+    except OSError as e:
+        raise ValueError(f"config file {path}: cannot read it ({e.strerror or e})") from None
     allowed = {"problem": PROBLEM_KEYS, "sample": _sampler_keys() + RUN_KEYS}
     for table, values in cfg.items():
-        if table not in (*allowed, *CONFIG_COMMANDS) or not isinstance(values, dict):
+        if table in (*allowed, *CONFIG_COMMANDS) and not isinstance(values, dict):
+            raise ValueError(f"{path}: {table} must be a table (a [{table}] section of key = value lines), got "
+                             f"{values!r}"[:300])
+        if table not in (*allowed, *CONFIG_COMMANDS):
             raise ValueError(f"{path}: unknown table [{table}]; use [problem], [sample], "
                              f"{', '.join(f'[{c}]' for c in CONFIG_COMMANDS)}")
         for key in values if table in allowed else ():
@@ -453,6 +507,10 @@ def _score(args: argparse.Namespace, command: str) -> int:
     from .flatness import Flatness
     from .scoring import EPS_QUANTITIES, PGD, score
 
+    for name in ("seed", "pgd_steps", "pgd_restarts", "full_max", "probes", "lanczos_steps"):
+        if not 0 <= getattr(args, name) < 2**63:  # the range of the int64 torch and numpy take them as
+            raise ValueError(f"--{name.replace('_', '-') if name != 'full_max' else 'full-spectrum-max'} must be "
+                             f"an integer in [0, 2**63), got {getattr(args, name)}")
     res = score(args.db, args.eps, method=args.method, space=args.space, split=args.split, progress=not args.quiet,
                 data_path=args.data_path, command=command, quantities=args.quantities, aggregation=args.aggregation,
                 verify_method=args.verify_method, pgd=PGD(args.pgd_steps, args.pgd_restarts, args.seed),
@@ -513,6 +571,9 @@ def _analyze(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise ValueError("give --out DIR: the folder for the report (or 'out' in the config's [analyze] table)")
+    for name, low, high in (("levels", 2, 2**31), ("resamples", 1, 2**31), ("seed", 0, 2**63)):
+        if not low <= getattr(args, name) < high:  # before the folder is made
+            raise ValueError(f"--{name} must be an integer in [{low}, {high - 1}], got {getattr(args, name)}")
     if args.compare:
         from .report import compare
 
@@ -561,10 +622,6 @@ def _inspect(args: argparse.Namespace) -> int:
         c = s["connectivity"]
         print(f"{s['n_transition_states']} transition states; {c['connected_to_global_minimum']} of {s['n_minima']} "
               f"minima connected to the global minimum ({c['components']} separate trees)")
-    for n in s.get("networks", []):
-        from .train_cli import network_line
-
-        print(network_line(n))
     for r in s["runs"]:
         print(f"run {r['id']} ({r['kind']}): {r['status']}; {r['started']} -> {r['ended'] or '?'}; {_counts(r)}; "
               f"{r['command']}")
@@ -574,6 +631,8 @@ def _inspect(args: argparse.Namespace) -> int:
 def _counts(run: dict) -> str:
     """A run's counters as the inspect line shows them."""
     c = run["counters"]
+    if not c:  # a run group left without counters (an old bug)
+        return "no counters"
     if run["kind"] == "sample":
         return (f"seed {run['seed']}; {int(c['steps'])} steps, {int(c['quenches'])} quenches, "
                 f"{int(c['new_minima'])} new minima, {c['cpu_seconds']:.1f} CPU-s")

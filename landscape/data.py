@@ -80,6 +80,9 @@ class DataSpec:
             raise ValueError(f"{self.name} ships with scikit-learn; drop --data-path or give --data csv|npz|mnist")
         if self.name == "csv" and not self.label_column:
             raise ValueError("a csv dataset needs label_column: the name of the column holding the class")
+        if self.name != "csv" and self.label_column is not None:
+            raise ValueError(f"label_column names the class column of a csv file; {self.name} data has none: drop "
+                             "--label-column (label_column)")
         if self.limit is not None and self.limit < 2:
             raise ValueError(f"limit must be at least 2 samples, got {self.limit}")
 
@@ -233,12 +236,24 @@ def _read_npz(path: str, names: tuple[str, str] = ("X", "y")) -> tuple[np.ndarra
         if missing:
             raise ValueError(f"{path}: npz file lacks array(s) {sorted(missing)}; it needs {names[0]} (N, ...) and "
                              f"{names[1]} (N,)")
-        return np.asarray(f[names[0]], dtype=np.float64), np.asarray(f[names[1]])
+        try:
+            X, y = np.asarray(f[names[0]]), np.asarray(f[names[1]])
+        except Exception as e:  # a damaged member (zip CRC), object arrays (pickles are not loaded), ...
+            raise ValueError(f"{path}: cannot read its arrays ({type(e).__name__}: {e}); write it with "
+                             "numpy.savez from plain numeric arrays") from None
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: {names[0]} holds {X.dtype} values; features must be real numbers (int or float)")
+    return X.astype(np.float64), y
 
 
 def _read_csv(path: str, label_column: str) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file; give a CSV file with a header row") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV file ({e})") from None
     if not rows:
         raise ValueError(f"{path}: empty CSV file")
     header, body = rows[0], [r for r in rows[1:] if r]
@@ -301,8 +316,15 @@ def _read_mnist(path: str) -> tuple[np.ndarray, np.ndarray]:
 def _check(X: np.ndarray, y: np.ndarray, spec: DataSpec) -> None:
     if X.ndim < 2 or y.ndim != 1 or len(X) != len(y):
         raise ValueError(f"dataset {spec.name!r}: X must be (N, features...) and y (N,), got {X.shape} and {y.shape}")
+    if X.size == 0 and len(X):
+        raise ValueError(f"dataset {spec.name!r}: no features (X is {X.shape}); give at least one feature column")
     if not np.all(np.isfinite(X)):
         raise ValueError(f"dataset {spec.name!r}: X contains NaN or infinite values; clean the data first")
+    if y.dtype.kind not in "biufUS":
+        raise ValueError(f"dataset {spec.name!r}: labels y hold {y.dtype} values; give integer or text class labels")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise ValueError(f"dataset {spec.name!r}: labels y contain NaN or infinite values; every sample needs a "
+                         "class label")
     if len(np.unique(y)) < 2:
         raise ValueError(f"dataset {spec.name!r}: needs at least two classes")
 

@@ -121,6 +121,8 @@ LEASE_SECONDS = 600.0  # a writer on another host whose heartbeat is older may b
 HEARTBEAT_SECONDS = 5.0  # a writer refreshes its heartbeat at a flush at most this often
 DISK_RESERVE = 4 * 2**20  # bytes a writing command keeps free to end its run cleanly
 
+_WALKER_STATE = {"x": "P", "energy": (), "step": (), "steps": (), "acc": (), "best": (), "since_best": (),
+                 "minimum": (), "rng": (6,)}  # /runs/<id>/walkers/*: the row shape of each walker's state
 _MINIMA = {  # name: (dtype, trailing shape or 'P', description)
     "energy": ("f8", (), "energy E(w) of the loss in /problem (nats)"),
     "coords": ("f8", "P", "flat parameter vector w of the minimum (layout: /problem attribute 'layout')"),
@@ -291,6 +293,7 @@ class Database:
             raise DatabaseError(f"{self.path}: not an HDF5 file; give a new path or a landscape database")
         if exists and mode == "a":  # validate read-only first, so a refused file is left untouched
             with Database(self.path, problem, "r", data_path) as old:
+                old._check_rows()
                 if old.schema < SCHEMA_VERSION:
                     _upgrade(self.path, problem or old.problem)
         unclean = exists and _marked_open(self.path)  # before _open, which clears the mark of a killed writer's file
@@ -306,6 +309,7 @@ class Database:
         try:
             if exists and (len(self.f.keys()) > 0 or mode == "r"):
                 self._check_format()
+                self._check_contents()
                 if problem is not None and not _same_problem(self.problem, problem):
                     raise DatabaseError(f"{self.path} holds a different problem ({_diff(self.problem, problem)}); "
                                         "use a new database file for this one")
@@ -339,12 +343,78 @@ class Database:
         a = self.f.attrs
         if a.get("format") != FORMAT or "problem" not in self.f:
             raise DatabaseError(f"{self.path}: an HDF5 file, but not a landscape database")
-        version = int(a.get("schema_version", -1))
+        try:
+            version = int(a.get("schema_version", -1))
+        except (TypeError, ValueError):
+            version = -1
         if version > SCHEMA_VERSION:
             raise DatabaseError(f"{self.path}: schema version {version} is newer than this landscape "
                                 f"{__version__} reads (up to {SCHEMA_VERSION}); upgrade landscape")
         if version < 1:
             raise DatabaseError(f"{self.path}: schema version {a.get('schema_version')} is not one landscape wrote")
+
+    def _check_contents(self) -> None:
+        """Refuse, as damaged, a file whose metadata a command could not use: the problem
+        description readable and agreeing with the attributes that repeat it, its preprocessing and
+        split. What is read later is checked as it is read: a table
+        (every column there, with its dtype and row shape, coordinates as wide as the network) as
+        first used, a run's record by runs(); a command that writes checks all of it, and reads
+        every row but the coordinates, before it writes (_check_rows). Reads metadata only, no
+        rows. A run group without counters (left by an old bug) is allowed: runs() shows it
+        without counters."""
+        where = "/"
+        try:
+            where = "/problem"
+            g = self.f["problem"]
+            where = "/problem attribute 'problem'"
+            try:
+                problem = Problem.from_json(_text(g, "problem"))
+            except (ValueError, TypeError, AttributeError, KeyError) as e:
+                raise _Bad(f"{where} is not a readable problem description ({_first_line(e)})") from None
+            schema = self.schema
+            _check_problem_attrs(g, problem, schema)
+            if schema >= 2:  # the tables are checked as first used (_table), by a writer all at once (_check_rows)
+                where = "/scores/kinds"
+                if "kinds" not in self.f["scores"]:
+                    raise _Bad(f"{where} is missing")
+                if self.f["scores/kinds"].dtype != _KIND_DTYPE or self.f["scores/kinds"].ndim != 1:
+                    raise _Bad(f"{where} has dtype {self.f['scores/kinds'].dtype}, not the score-kind record")
+            else:
+                where = "/scores"
+                self._v1_scores()
+            where = "/runs"  # each run's record is checked as runs() reads it
+            if "runs" not in self.f or not isinstance(self.f["runs"], h5py.Group):
+                raise _Bad("/runs is missing")
+            for rid in self.f["runs"]:
+                if not rid.isdigit():
+                    raise _Bad(f"/runs/{rid} is not a run record")
+            where = "the root attributes"
+            for name, kind in (("writer", dict), ("upgrades", list)):
+                if name in self.f.attrs and not isinstance(json.loads(_text(self.f, name)), kind):
+                    raise _Bad(f"root attribute {name!r} is not a JSON {kind.__name__}")
+        except _Bad as e:
+            raise _damaged(self.path, str(e)) from None
+        except Exception as e:  # HDF5 (or a value in it) failed on the file's own structures
+            raise _damaged(self.path, f"{where}: {_first_line(e)}") from None
+
+    def _check_rows(self) -> None:
+        """Read every dataset but the coordinates (which commands read themselves before writing)
+        and the runs' walker states (--resume reads the last), so that damaged data (a failing
+        checksum) is found before a command writes anything: HDF5 rewrites a whole chunk to add a
+        row to it."""
+        try:  # every object's header (HDF5 checks its checksum), those no command reads first too
+            h5py.h5o.visit(self.f.id, lambda name, info: None, info=True)
+        except (OSError, RuntimeError, KeyError) as e:
+            raise _damaged(self.path, f"an object of the file: {_first_line(e)}") from None
+        for group in _GROUPS:
+            self._table(group)
+
+        def visit(name: str, obj: h5py.HLObject) -> None:
+            if isinstance(obj, h5py.Dataset) and not name.endswith("coords") and "/walkers/" not in name:
+                self._read(obj)
+
+        self.f.visititems(visit)
+        self.runs()
 
     @property
     def schema(self) -> int:
@@ -370,9 +440,15 @@ class Database:
         """The datasets of ``group``, looked up once per open file (a lookup costs more than a row
         write); empty for a table the file's schema lacks."""
         if group not in self._ds:
-            g = self.f.get(group)
             names = _GROUPS[group][0]
-            self._ds[group] = {} if g is None else {n: g[n] for n in names if n in g}
+            try:  # checked as first used (a writer checked every table before it wrote: _check_rows)
+                _check_table(self.f, group, names, self.problem.model.n_params, self.schema)
+                g = self.f.get(group)
+                self._ds[group] = {} if g is None else {n: g[n] for n in names if n in g}
+            except _Bad as e:
+                raise _damaged(self.path, str(e)) from None
+            except (OSError, RuntimeError, KeyError) as e:
+                raise _damaged(self.path, f"/{group}: {_first_line(e)}") from None
         tables = self._ds[group]
         if self.f.swmr_mode and not self.writable:  # a reader of a file being written: see its new rows
             for ds in tables.values():
@@ -692,11 +768,18 @@ class Database:
         out = []
         ids = sorted(self.f["runs"], key=int)
         for rid in ids:
-            g = self.f[f"runs/{rid}"]
-            a = dict(g.attrs)
+            try:  # a damaged record is refused as such, naming it
+                g = self.f[f"runs/{rid}"]
+                _check_run(rid, g)
+                a = dict(g.attrs)
+            except _Bad as e:
+                raise _damaged(self.path, str(e)) from None
+            except (OSError, RuntimeError, KeyError, ValueError) as e:
+                raise _damaged(self.path, f"/runs/{rid}: {_first_line(e)}") from None
             if kind is not None and a.get("kind", "sample") != kind:
                 continue
-            counters = dict(zip(json.loads(g["counters"].attrs["names"]), self._read(g["counters"]).tolist()))
+            counters = (dict(zip(json.loads(g["counters"].attrs["names"]), self._read(g["counters"]).tolist()))
+                        if "counters" in g else {})  # none: a run group an old bug left before its counters
             status = a.get("status")
             if a.get("ended") is None:
                 live = rid == ids[-1] and _running(_writer_of(self.f))
@@ -708,7 +791,23 @@ class Database:
         return out
 
     def walker_state(self, rid: int) -> dict[str, np.ndarray]:
-        return {k: self._read(v) for k, v in self.f[f"runs/{rid}/walkers"].items()}
+        if "walkers" not in self.f[f"runs/{rid}"]:
+            raise DatabaseError(f"{self.path}: run {rid} has no walkers to resume (it ended before it began); "
+                                "start a new run without --resume")
+        try:
+            state = {k: self._read(v) for k, v in self.f[f"runs/{rid}/walkers"].items()}
+        except (OSError, RuntimeError, KeyError) as e:
+            raise _damaged(self.path, f"/runs/{rid}/walkers: {_first_line(e)}") from None
+        P, K = self.problem.model.n_params, len(state.get("energy", ()))
+        for name, row in _WALKER_STATE.items():  # what a sampling run saves (all but 'minimum' needed to resume)
+            a = state.get(name)
+            if a is None and name == "minimum":
+                continue
+            if a is None or a.shape != (K, *((P,) if row == "P" else row)):
+                raise _damaged(self.path, f"run {rid}'s walker state {name!r} is "
+                                          f"{'missing' if a is None else f'of shape {a.shape}'}; start a new run "
+                                          "without --resume")
+        return state
 
     # -- trained networks ----------------------------------------------------------------------
     def add_network(self, coords: np.ndarray, objective: str, seed: int, run: int) -> int:
@@ -788,10 +887,10 @@ class Database:
                 ds.refresh()
             try:
                 return ds[selection]
-            except OSError as e:
-                if "filter returned failure" not in str(e):
-                    raise
-        raise _damaged(self.path, f"the checksum of data in {ds.name} fails")
+            except (OSError, RuntimeError, KeyError) as e:  # HDF5 failed on the data or its chunk index
+                why = (f"the checksum of data in {ds.name} fails" if "filter returned failure" in str(e)
+                       else f"{ds.name}: {_first_line(e)}")
+        raise _damaged(self.path, why)
 
     def flush(self) -> None:
         """Write what is cached to the file (readers see it), with the writer's heartbeat."""
@@ -985,6 +1084,9 @@ def _check_length(path: str) -> None:
     sampling runs, never once SWMR writing had started."""
     with open(path, "rb") as fh:
         sb = fh.read(48)
+    if sb[:8] == _SIGNATURE and len(sb) < 48 and not _locked(path):  # no superblock is shorter
+        raise DatabaseError(f"{path}: truncated ({len(sb)} bytes, shorter than an HDF5 superblock); restore it "
+                            "from a backup or use a new path")
     if sb[:8] != _SIGNATURE or sb[8] not in (2, 3) or len(sb) < 12 + 3 * sb[9]:
         return
     o = sb[9]
@@ -1110,7 +1212,120 @@ def _writer(path: str) -> dict:
 
 def _damaged(path: str, reason: Exception | str) -> DatabaseError:
     """The one-line error for a damaged file (``reason``: what HDF5 raised, or what fails)."""
-    return DatabaseError(f"{path}: damaged ({str(reason).splitlines()[0]}); restore it from a backup")
+    return DatabaseError(f"{path}: damaged ({_first_line(reason)}); restore it from a backup")
+
+
+class _Bad(Exception):
+    """What is wrong with a file's structure (Database._check_contents reports it as damage)."""
+
+
+def _first_line(e: Exception | str) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _text(obj: h5py.HLObject, name: str, attrs: dict | None = None) -> str:
+    """The text attribute ``name`` of ``obj`` (from ``attrs``, its attributes read already, if given)."""
+    attrs = obj.attrs if attrs is None else attrs
+    if name not in attrs:
+        raise _Bad(f"{obj.name} attribute {name!r} is missing")
+    v = attrs[name]
+    if isinstance(v, (bytes, np.bytes_)):
+        v = bytes(v).decode()
+    if not isinstance(v, str):
+        raise _Bad(f"{obj.name} attribute {name!r} is {type(v).__name__}, not text")
+    return v
+
+
+def _check_problem_attrs(g: h5py.Group, problem: Problem, schema: int) -> None:
+    """The attributes of /problem that repeat the problem description agree with it, and the
+    preprocessing and split datasets have their shapes."""
+    model, a = problem.model, dict(g.attrs)
+    repeats = {"n_params": model.n_params, "dtype": problem.dtype,
+               "layout": [{"name": b.name, "shape": list(b.shape), "offset": b.offset} for b in model.blocks()]}
+    if "loss" in a:
+        repeats["loss"] = problem.to_dict()["loss"]
+    for name, expected in repeats.items():
+        if name not in a:
+            continue
+        value = a[name]
+        if isinstance(value, (str, bytes, np.bytes_)):
+            value = json.loads(_text(g, name, a)) if name in ("layout", "loss") else _text(g, name, a)
+        elif isinstance(value, np.generic):
+            value = value.item()
+        if value != expected:
+            raise _Bad(f"/problem attribute {name!r} ({value}) disagrees with the problem description ({expected})")
+    if "dataset" in a:
+        d = json.loads(_text(g, "dataset", a))
+        spec = problem.data.to_dict()
+        if not isinstance(d, dict) or not isinstance(d.get("spec"), dict) or any(
+                spec.get(k) != v for k, v in d["spec"].items()) or (
+                problem.data_sha256 is not None and d.get("sha256", problem.data_sha256) != problem.data_sha256):
+            raise _Bad("/problem attribute 'dataset' disagrees with the problem description")
+    for name in ("shift", "scale", "train_index", "test_index"):
+        if not g.id.links.exists(name.encode()):
+            if schema >= 2:
+                raise _Bad(f"/problem/{name} is missing")
+            continue
+        ds = h5py.h5o.open(g.id, name.encode())
+        kind = "f" if name in ("shift", "scale") else "i"
+        n = model.n_inputs
+        if not isinstance(ds, h5py.h5d.DatasetID) or ds.dtype.kind != kind or len(ds.shape) != 1 or (
+                kind == "f" and ds.shape[0] != n):
+            what = f"{ds.dtype} {ds.shape}" if isinstance(ds, h5py.h5d.DatasetID) else "not a dataset"
+            raise _Bad(f"/problem/{name} is {what}, not a 1-D {'float' if kind == 'f' else 'integer'} "
+                       f"array{f' of {n}' if kind == 'f' else ''}")
+
+
+def _describe(obj) -> str:
+    return f"{obj.dtype} {obj.shape}" if isinstance(obj, h5py.Dataset) else type(obj).__name__
+
+
+def _check_table(f: h5py.File, group: str, columns: dict, P: int, schema: int) -> None:
+    """The datasets of table ``group``: all there (schema 1: its minima but 'version'), each with
+    its dtype and row shape and resizable along its rows (HDF5's low-level calls: a fraction of
+    the high-level ones' cost, and every command opens the file this way)."""
+    if schema < 2 and group != "minima":
+        return  # schema 1 had no other tables (and kept scores its own way)
+    if group not in f or not isinstance(f[group], h5py.Group):
+        raise _Bad(f"/{group} is missing")
+    gid = f[group].id
+    for name, (dt, shape, _) in columns.items():
+        if not gid.links.exists(name.encode()):
+            if schema < 2 and name == "version":
+                continue
+            raise _Bad(f"/{group}/{name} is missing")
+        ds = h5py.h5o.open(gid, name.encode())
+        row = (P,) if shape == "P" else shape
+        if not isinstance(ds, h5py.h5d.DatasetID):
+            raise _Bad(f"/{group}/{name} is not a dataset")
+        if shape == "P" and len(ds.shape) == 2 and ds.shape[1] != P:
+            raise _Bad(f"/{group}/{name} holds {ds.shape[1]} parameters per row, but the network in /problem has {P}")
+        maxrows = ds.get_space().get_simple_extent_dims(True)[:1]
+        if ds.dtype.kind != np.dtype(dt).kind or ds.shape[1:] != row or len(ds.shape) != 1 + len(row) or maxrows != (
+                h5py.h5s.UNLIMITED,):
+            raise _Bad(f"/{group}/{name} is {ds.dtype} {ds.shape}, not resizable rows of {np.dtype(dt)} {row}")
+
+
+def _check_run(rid: str, g: h5py.Group) -> None:
+    """A run record readable: a group named by number, its attributes of the right types, its
+    counters (where it has any) as many as their names."""
+    if not rid.isdigit() or not isinstance(g, h5py.Group):
+        raise _Bad(f"/runs/{rid} is not a run record")
+    a = g.attrs
+    for name in ("kind", "command", "software", "started", "ended", "status"):
+        if name in a:
+            _text(g, name)
+    if "seed" in a and not isinstance(a["seed"], (int, np.integer)):
+        raise _Bad(f"/runs/{rid} attribute 'seed' is not an integer")
+    if "parameters" in a and not isinstance(json.loads(_text(g, "parameters")), dict):
+        raise _Bad(f"/runs/{rid} attribute 'parameters' is not a JSON object")
+    if "counters" in g:
+        c = g["counters"]
+        names = json.loads(_text(c, "names")) if isinstance(c, h5py.Dataset) else None
+        if (not isinstance(names, list) or not all(isinstance(n, str) for n in names) or c.dtype.kind != "f"
+                or c.shape != (len(names),)):
+            raise _Bad(f"/runs/{rid}/counters is {_describe(c)}, not one float per name in its 'names'")
 
 
 # HDF5 retries a metadata read whose checksum fails (a writer may be mid-write) with a delay that

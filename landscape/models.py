@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import asdict, dataclass
 from typing import Union
 
@@ -128,6 +129,41 @@ class _FlatParameters:
     def _block_indices(self) -> dict[str, np.ndarray]:
         return {blk.name: blk.indices() for blk in self.blocks()}
 
+    def _activations(self) -> int:
+        """Hidden values one sample produces in a forward pass."""
+        raise NotImplementedError
+
+    def memory_bytes(self, n_samples: int) -> int:
+        """A lower estimate of the memory that evaluating the energy and its gradient on
+        ``n_samples`` samples takes: a few copies of the parameters (the vector, its gradient, the
+        optimiser's) and the activations of the forward and backward passes, float64."""
+        return 8 * (4 * self.n_params + 2 * n_samples * self._activations())
+
+    def check_fits(self, n_samples: int) -> None:
+        """Refuse, before anything is allocated, a model too large to evaluate on ``n_samples``
+        samples in this machine's memory (ValueError naming the sizes)."""
+        free = available_memory()
+        need = self.memory_bytes(n_samples)
+        if free is not None and need > free:
+            raise ValueError(f"this {self.kind.upper()} has {self.n_params:,} parameters and needs about "
+                             f"{need / 2**30:,.1f} GiB to evaluate on {n_samples} samples, and {free / 2**30:.1f} GiB "
+                             "is available: use fewer or narrower layers (--hidden, --channels) or fewer samples "
+                             "(--limit)")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the OS can give (landscape.allocator.available_bytes), else this machine's
+    memory; None where the system says neither."""
+    from .allocator import available_bytes
+
+    free = available_bytes()
+    if free is not None:
+        return free
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
 
 @dataclass(frozen=True)
 class MLP(_FlatParameters):
@@ -169,6 +205,9 @@ class MLP(_FlatParameters):
                 out.append(Block(f"b{l}", (b,), off))
                 off += b
         return out
+
+    def _activations(self) -> int:
+        return sum(self.widths[1:])
 
     def unit_groups(self) -> list[UnitGroup]:
         """The symmetries of E: hidden units of each hidden layer (see :class:`UnitGroup`)."""
@@ -266,8 +305,18 @@ class CNN(_FlatParameters):
         object.__setattr__(self, "channels", _integers("CNN channels", self.channels))
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
             raise ValueError(f"CNN input_shape must be (C, H, W), got {self.input_shape}")
-        if self.kernel_size % 2 != 1:
-            raise ValueError(f"CNN kernel_size must be odd ('same' padding), got {self.kernel_size}")
+        if self.channels and min(self.channels) < 1:
+            raise ValueError(f"CNN channels must be positive counts (e.g. --channels 8), got "
+                             f"{self.channels}")
+        (n_classes, kernel_size, pool) = _integers("CNN n_classes, kernel_size and pool",
+                                                   (self.n_classes, self.kernel_size, self.pool))
+        object.__setattr__(self, "n_classes", n_classes)
+        object.__setattr__(self, "kernel_size", kernel_size)
+        object.__setattr__(self, "pool", pool)
+        if n_classes < 1 or pool < 1:
+            raise ValueError(f"CNN n_classes and pool must be positive, got {n_classes} and {pool}")
+        if kernel_size < 1 or kernel_size % 2 != 1:
+            raise ValueError(f"CNN kernel_size must be odd and positive ('same' padding), got {kernel_size}")
         object.__setattr__(self, "sharpness", _check_options(self.activation, self.bias, self.sharpness))
         h, wd = self.input_shape[1:]
         for _ in self.channels:
@@ -286,6 +335,13 @@ class CNN(_FlatParameters):
         for _ in self.channels:
             h, wd = h // self.pool, wd // self.pool
         return self.channels[-1] * h * wd if self.channels else self.n_inputs
+
+    def _activations(self) -> int:
+        n, (h, wd) = self.n_classes, self.input_shape[1:]
+        for c in self.channels:
+            n += c * h * wd
+            h, wd = h // self.pool, wd // self.pool
+        return n
 
     def blocks(self) -> list[Block]:
         out, off, cin, k = [], 0, self.input_shape[0], self.kernel_size

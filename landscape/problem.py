@@ -68,6 +68,7 @@ class Problem:
                                sharpness=sharpness)
         else:
             raise ValueError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+        model.check_fits(len(ds.y_train))  # before anything of that size is allocated
         return cls(spec, model, (*loss_mod.default_loss(lam), *extra), ds.sha256)
 
     def dataset(self) -> data_mod.Dataset:
@@ -84,6 +85,7 @@ class Problem:
             raise ValueError(f"unknown split {split!r}: choose 'train' or 'test'")
         ds = self.dataset()
         X, y = (ds.X_train, ds.y_train) if split == "train" else (ds.X_test, ds.y_test)
+        self.model.check_fits(len(y))
         domain = (0.0, 1.0) if ds.scaling == "unit" else None  # pixels: a sensitivity ball stays in [0, 1]
         return Energy(self.model, X, y, self.loss, backend=backend, threads=threads, domain=domain)
 
