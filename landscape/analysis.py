@@ -15,8 +15,8 @@ from .estimates import chao1
 def summary(db: Database, lowest: int = 10) -> dict:
     """What ``db`` holds, as plain data, with the ``lowest`` minima by energy (>= 0): problem,
     counts, the Chao1 estimate of all minima, scores (sorted by kind, eps numerically; 'scored'
-    counts current values, 'stale' values of coordinates since refined), transition states and
-    runs."""
+    counts current values, 'stale' values of coordinates since refined), trained networks with
+    their scores, transition states and runs."""
     if not (isinstance(lowest, int) and lowest >= 0):
         raise ValueError(f"lowest must be an integer >= 0, got {lowest!r}")
     m = db.minima(coords=False)
@@ -38,6 +38,7 @@ def summary(db: Database, lowest: int = 10) -> dict:
                     "version": int(m.version[i]), "first_found": [int(v) for v in m.first_found[i]]}
                    for i in order[:lowest]],
         "scores": _scores(db, m.version, order[:lowest]),
+        "networks": _networks(db),
         "n_transition_states": len(ts),
         "connectivity": connectivity(len(m), ts.minima, int(order[0])) if len(m) else None,
         "runs": db.runs(),
@@ -47,14 +48,37 @@ def summary(db: Database, lowest: int = 10) -> dict:
 def _scores(db: Database, current: np.ndarray, order: np.ndarray) -> dict:
     kinds = db.score_kinds()
     out = {}
+    networks = _network_kinds(db)
     for i in sorted(range(len(kinds)), key=lambda i: kinds[i].sort_key()):
         values, versions = db.score_values(i)
+        if i in networks and not (versions >= 0).any():  # a trained network's score, none of a minimum's
+            continue
         fresh = versions == current
         k = dataclasses.asdict(kinds[i])
         k["eps"] = _nan_none(k["eps"])
         out[kinds[i].label()] = {**k, "scored": int(fresh.sum()), "stale": int(((versions >= 0) & ~fresh).sum()),
                                  "lowest_minima": [_nan_none(values[j]) if fresh[j] else None for j in order]}
     return out
+
+
+def _network_kinds(db: Database) -> set[int]:
+    """The score kinds that some trained network has."""
+    kinds = set()
+    for i in range(len(db.score_kinds())):
+        if (db.score_values(i, table="networks")[1] >= 0).any():
+            kinds.add(i)
+    return kinds
+
+
+def _networks(db: Database) -> list[dict]:
+    """The trained networks (``landscape train``): id, objective and its parameters, seed, run and
+    every score (label: value; null where not computed)."""
+    nets = db.networks(coords=False)
+    scores = db.network_scores()
+    return [{"id": i, "objective": nets.objective[i].get("objective"), "params": nets.objective[i].get("params", {}),
+             "seed": int(nets.seed[i]), "run": int(nets.run[i]),
+             "scores": {label: _nan_none(values[i]) for label, (values, _) in scores.items()}}
+            for i in range(len(nets))]
 
 
 def _nan_none(v: float) -> float | None:

@@ -622,6 +622,10 @@ def _inspect(args: argparse.Namespace) -> int:
         c = s["connectivity"]
         print(f"{s['n_transition_states']} transition states; {c['connected_to_global_minimum']} of {s['n_minima']} "
               f"minima connected to the global minimum ({c['components']} separate trees)")
+    for n in s.get("networks", []):
+        from .train_cli import network_line
+
+        print(network_line(n))
     for r in s["runs"]:
         print(f"run {r['id']} ({r['kind']}): {r['status']}; {r['started']} -> {r['ended'] or '?'}; {_counts(r)}; "
               f"{r['command']}")

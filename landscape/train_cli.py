@@ -154,3 +154,14 @@ def _line(t) -> str:
         parts.append(f"eps {eps:g}: PGD {d['pgd_accuracy']:.4f}, verified {d.get('verified_accuracy', float('nan')):.4f}, "
                      f"IBP log-volume {d['sensitivity_ibp']:.2f}")
     return "; ".join(parts)
+
+
+SHOWN = ("accuracy_", "pgd_accuracy_", "verified_accuracy_ibp+crown_", "sensitivity_logits_ibp_")
+
+
+def network_line(n: dict) -> str:
+    """The line ``inspect`` prints about a trained network (an entry of the summary's 'networks')."""
+    shown = "; ".join(f"{label} {value:.4g}" for label, value in n["scores"].items()
+                      if value is not None and label.startswith(SHOWN))
+    params = ", ".join(f"{k}={v}" for k, v in n["params"].items())
+    return f"network {n['id']} ({n['objective']}({params}), seed {n['seed']}, run {n['run']}): {shown}"

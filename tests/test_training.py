@@ -208,6 +208,10 @@ def test_a_trained_network_is_stored_reopened_and_re_evaluates_to_the_same_numbe
     assert stored["sensitivity_logits_ibp_eps0.05_test"] == again.per_eps[0.05]["sensitivity_ibp"]
     assert stored["verified_accuracy_ibp+crown_eps0.05_test"] == again.per_eps[0.05]["verified_accuracy"]
     assert stored["rho_adv_deepfool_test"] == again.rho_adv and stored["train_seconds_train"] > 0
+    assert main(["inspect", db]) == 0
+    out = capsys.readouterr().out
+    assert "network 0 (sensitivity(lam=0.0001, lambda_s=0.01" in out and "accuracy_test" in out
+    assert "minima; lowest minima" not in out  # the networks' scores are not listed as scores of minima
     # a second run appends to the same database
     assert main(["train", db, "--objective", "plain", "--epochs", "1", "--eval-eps", "0.05", "--quiet"]) == 0
     with Database(db) as d:
