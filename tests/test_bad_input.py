@@ -152,10 +152,10 @@ def record(case: Case, out: Outcome) -> None:
 
 def table_text(table: dict[str, collections.Counter]) -> str:
     cols = ("cases", "one line, exit 2", "files unchanged", "succeeded harmlessly")
-    rows = [f"{'category':<34}" + "".join(f"{c:>22}" for c in cols)]
+    rows = [f"{'category':<42}" + "".join(f"{c:>22}" for c in cols)]
     for cat in sorted(table):
-        rows.append(f"{cat:<34}" + "".join(f"{table[cat][c]:>22}" for c in cols))
-    rows.append(f"{'all':<34}" + "".join(f"{sum(t[c] for t in table.values()):>22}" for c in cols))
+        rows.append(f"{cat:<42}" + "".join(f"{table[cat][c]:>22}" for c in cols))
+    rows.append(f"{'all':<42}" + "".join(f"{sum(t[c] for t in table.values()):>22}" for c in cols))
     return "\n".join(rows)
 
 
