@@ -103,8 +103,9 @@ def deepfool(net: Network, x: Tensor, *, overshoot: float = 0.02, max_iter: int 
     Iterates r_i = (|f_l| + 1e-4) w_l / ||w_l||^2 toward the nearest linearised
     decision boundary l, and returns r = (1 + overshoot) sum_i r_i for every network
     and point, shape (K, N, *input_shape), and whether the prediction at x + r
-    differs from the one at x, (K, N) bool (False where ``max_iter`` did not suffice).
-    Not clipped to any domain.
+    differs from the one at x, (K, N) bool (False where ``max_iter`` did not suffice, and where
+    the outputs' differences have zero gradient, so no boundary can be stepped to: r stays 0
+    there). Not clipped to any domain.
     """
     check_nonnegative(overshoot, "overshoot")
     check_positive_int("max_iter", max_iter)
@@ -121,10 +122,12 @@ def deepfool(net: Network, x: Tensor, *, overshoot: float = 0.02, max_iter: int 
             w = jac - jac.gather(2, start.unsqueeze(-1).expand(-1, -1, 1, jac.shape[-1]))  # (K, N, out, D)
             f = y - y.gather(2, start)
             norm = w.norm(dim=-1)
-            target = (f.abs() / norm).scatter(2, start, torch.inf).argmin(-1, keepdim=True)  # nearest boundary
+            distance = torch.where(norm > 0, f.abs() / norm, torch.inf).scatter(2, start, torch.inf)
+            target = distance.argmin(-1, keepdim=True)  # nearest boundary
+            active &= distance.gather(2, target).isfinite()  # no boundary to step to: the point stays
             w_l = w.gather(2, target.unsqueeze(-1).expand(-1, -1, 1, jac.shape[-1])).squeeze(2)
-            scale = (f.gather(2, target).abs() + 1e-4) / norm.gather(2, target) ** 2
-            total = total + active * scale * w_l
+            scale = (f.gather(2, target).abs() + 1e-4) / norm.gather(2, target).clamp_min(1e-300) ** 2
+            total = total + torch.where(active, scale * w_l, 0.0)
         r = (1 + overshoot) * total.view(x.shape)
         flipped = forward(net, x + r).argmax(-1) != start.squeeze(-1)
     return r, flipped

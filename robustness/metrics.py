@@ -49,8 +49,11 @@ def verified_accuracy(net: Network, x: Tensor, y: Tensor, eps: float, *, method:
 
 
 def rho_adv(net: Network, x: Tensor, *, overshoot: float = 0.02, max_iter: int = 50) -> Tensor:
-    """DeepFool robustness: mean over points of ||r||_2 / ||x||_2, r from
-    :func:`~robustness.attacks.deepfool` (points it did not flip included)."""
+    """DeepFool robustness (K,): mean over points of ||r||_2 / ||x||_2, r from
+    :func:`~robustness.attacks.deepfool` (points it did not flip within ``max_iter`` included;
+    points where the outputs' differences have zero gradient, with no boundary to step to, left
+    out: NaN when that is every point, e.g. a network whose outputs do not depend on its input)."""
     xb = as_batch(x, net.input_shape, net.k, net.dtype)
     r, _ = deepfool(net, xb, overshoot=overshoot, max_iter=max_iter)
-    return (r.flatten(2).norm(dim=-1) / xb.flatten(2).norm(dim=-1)).mean(-1)
+    size = r.flatten(2).norm(dim=-1)  # 0 only where DeepFool had no boundary to step to
+    return torch.nanmean(torch.where(size > 0, size / xb.flatten(2).norm(dim=-1), torch.nan), -1)

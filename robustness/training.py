@@ -643,17 +643,10 @@ def evaluate(module: nn.Module, x: Tensor, y: Tensor, config: EvalConfig = EvalC
             d["verified_accuracy"] = float(verified_accuracy(net, x, y, eps, method="ibp+crown", domain=domain)[0])
         d["verified_ibp"] = float(verified_accuracy(net, x, y, eps, method="ibp", domain=domain)[0])
         per_eps[eps] = d
-    rho = _rho_adv(net, x) if config.deepfool else math.nan
+    rho = float(rho_adv(net, x)[0]) if config.deepfool else math.nan  # NaN: outputs constant in x
     return Evaluation(float(clean_accuracy(net, x, y)[0]), rho, len(y), per_eps)
 
 
-def _rho_adv(net: Network, x: Tensor) -> float:
-    """DeepFool's rho_adv, NaN where it cannot be computed: a network whose outputs do not depend
-    on its input (all widths collapsed) has no gradient to follow, and DeepFool's step is 0/0."""
-    try:
-        return float(rho_adv(net, x)[0])
-    except ValueError:
-        return math.nan
 
 
 def _frozen_network(module: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> Network:

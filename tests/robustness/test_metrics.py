@@ -38,3 +38,22 @@ def test_rho_adv_positive_and_finite(networks, digits):
     net = networks["mlp", "tanh", True]
     rho = rho_adv(net, digits[1][:20])
     assert rho.shape == (1,) and torch.isfinite(rho).all() and (rho > 0).all() and (rho < 1).all()
+
+
+def test_rho_adv_leaves_out_points_with_no_boundary_to_step_to():
+    """A network whose output differences have zero input gradient gives DeepFool nothing to
+    follow: those points stay unmoved and unflipped, and rho_adv leaves them out (NaN when that is
+    every point) instead of failing on a 0/0 step. The other network of a stack is unaffected."""
+    from torch import nn
+
+    from robustness import deepfool, from_sequential
+
+    live = nn.Sequential(nn.Linear(4, 3)).double()
+    dead = nn.Sequential(nn.Linear(4, 3)).double()
+    nn.init.zeros_(dead[0].weight)
+    nets = stack([from_sequential(live, (4,)), from_sequential(dead, (4,))])
+    x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    r, flipped = deepfool(nets, x)
+    assert torch.isfinite(r).all() and (r[1] == 0).all() and not flipped[1].any() and flipped[0].all()
+    rho = rho_adv(nets, x)
+    assert torch.isfinite(rho[0]) and rho[0] > 0 and torch.isnan(rho[1])
