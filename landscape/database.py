@@ -67,6 +67,12 @@ on such a file). A file marked "open for writing" is read as an SWMR reader, whi
 read whose checksum fails; it retries only while the recorded writer runs, so a killed run's
 damaged file is refused in seconds, not after an hour of retries.
 
+A command killed while it held the file open for writing before its SWMR writing began (while
+preparing its work) leaves it marked open for plain writing, which HDF5 opens neither plainly nor
+as an SWMR reader: such a file, once no process holds HDF5's lock on it, is read as it is through
+a view of its superblock with the flags clear (not a byte changed) and taken over by the next
+writer.
+
 A writer on another host (a shared filesystem, another node of a cluster) cannot be checked
 that way: the writer refreshes ``/writer_heartbeat`` as it flushes (at most every
 HEARTBEAT_SECONDS), and its file is taken over, with a warning, only once that heartbeat is
@@ -87,6 +93,7 @@ import ctypes
 import dataclasses
 import errno
 import functools
+import io
 import json
 import math
 import os
@@ -305,6 +312,7 @@ class Database:
         self._hb: h5py.Dataset | None = None  # /writer_heartbeat while this object writes a run
         self._run_ds: dict[int, tuple] = {}  # the run's counters and walker datasets, kept open while it writes
         self._unclean = unclean  # marked open for writing: a table's last rows may be torn (see _whole_rows)
+        self._shared_lock: list[int] = []  # a descriptor holding a shared flock while HDF5's lock is not taken
         creating = False
         try:
             if exists and (len(self.f.keys()) > 0 or mode == "r"):
@@ -756,7 +764,7 @@ class Database:
         with _signals_deferred():
             self._run_ds, self._hb = {}, None
             self.f.close()
-            self.f, self._ds = _reopen(self.path), {}
+            self.f, self._ds = _reopen(self.path, self._shared_lock), {}
             with self._writing():
                 self.f[f"runs/{rid}"].attrs.update(ended=_now(), status=status)
                 self.f.flush()
@@ -904,6 +912,9 @@ class Database:
         if self.f.id.valid and not self._broken:  # a broken file's objects are kept open (see _break)
             self._run_ds, self._hb = {}, None
             self.f.close()
+        for fd in self._shared_lock:
+            os.close(fd)
+        self._shared_lock.clear()
 
     def __enter__(self) -> "Database":
         return self
@@ -1056,12 +1067,17 @@ def _open(path: str, mode: str, force: bool = False) -> h5py.File:
             # a run writes it (or was killed while writing): read as SWMR. An SWMR reader retries reads
             # whose checksum fails, for a writer caught mid-write; a killed writer's file gets one
             # attempt, so damage is reported at once
+            if _plain_write_mark(path):  # opened for writing, not in SWMR mode (yet), by a process now gone
+                if _locked(path):  # (a run recording its end: see _reopen; for milliseconds)
+                    raise DatabaseError(f"{path}: a run is recording its end; try again in a moment")
+                return h5py.File(_Unflagged(path), "r", libver=_LIBVER)
             return _swmr_reader(path, None if _running(_writer(path)) else 1)
         return h5py.File(path, "a", libver=_LIBVER)
     except OSError as e:
         if mode == "a" and ("already open for write" in str(e) or "truncated file" in str(e)) and not _locked(path):
             writer = _writer(path)
-            _take_over(path, writer, force)
+            if not (_plain_write_mark(path) and writer.get("host") == socket.gethostname()):
+                _take_over(path, writer, force)  # (a plain mark of this host, unlocked: its process is gone)
             _extend_to_eof(path)
             _clear_write_flags(path)
             return h5py.File(path, "a", libver=_LIBVER)
@@ -1135,6 +1151,60 @@ _WHOLE = {
 }
 
 
+def _plain_write_mark(path: str) -> bool:
+    """Whether the superblock marks the file open for writing but not for SWMR writing (HDF5's
+    flag bits 0 and 2): a command opened it for writing and had not started SWMR writing, or ends
+    its run. While that process lives it holds HDF5's lock, except in end_run's moment without."""
+    try:
+        with open(path, "rb") as fh:
+            sb = fh.read(12)
+    except OSError:
+        return False
+    return len(sb) == 12 and sb[:8] == _SIGNATURE and sb[8] in (2, 3) and sb[11] & 0x01 and not sb[11] & 0x04
+
+
+class _Unflagged(io.RawIOBase):
+    """The file at ``path`` read-only as a file object (for h5py's 'fileobj' driver) whose
+    superblock reads with its file-consistency flags clear (checksum recomputed): a file a killed
+    process left marked open for writing, read as it is without changing a byte of it (HDF5 opens
+    such a file neither plainly nor as an SWMR reader)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.fh = open(path, "rb")
+        sb = bytearray(self.fh.read(48))
+        if len(sb) == 48 and sb[9] == 8:
+            sb[11] = 0
+            sb[44:48] = _lookup3(bytes(sb[:44])).to_bytes(4, "little")
+        self.sb, self.pos = bytes(sb), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = self.fh.seek(offset, whence)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, b) -> int:
+        self.fh.seek(self.pos)
+        n = self.fh.readinto(b)
+        if self.pos < len(self.sb) and n:
+            k = min(n, len(self.sb) - self.pos)
+            memoryview(b)[:k] = self.sb[self.pos:self.pos + k]
+        self.pos += n
+        return n
+
+    def close(self) -> None:
+        self.fh.close()
+        super().close()
+
+
 def _marked_open(path: str) -> bool:
     """Whether the superblock (v2/v3) marks the file open for writing: a run writes it, or was
     killed or failed while it did."""
@@ -1203,6 +1273,9 @@ def _writer(path: str) -> dict:
     for tries in range(3):
         time.sleep(0.5 if tries else 0.0)
         try:
+            if _plain_write_mark(path):  # killed before SWMR writing began: no SWMR reader opens it
+                with h5py.File(_Unflagged(path), "r", libver=_LIBVER) as f:
+                    return _writer_of(f)
             with _swmr_reader(path, _PROBE_ATTEMPTS) as f:
                 return _writer_of(f)
         except (OSError, RuntimeError, KeyError) as e:
@@ -1404,15 +1477,22 @@ def _writer_of(f: h5py.File) -> dict:
     return w
 
 
-def _reopen(path: str) -> h5py.File:
+def _reopen(path: str, shared_lock: list[int]) -> h5py.File:
     """The file a run has just closed, reopened for writing by that run. A reader that opened it
     meanwhile holds HDF5's lock; the file is then opened without taking the lock (a second writer
-    would have marked the superblock open for writing, which HDF5 refuses without the lock too)."""
+    would have marked the superblock open for writing, which HDF5 refuses without the lock too),
+    and a shared flock, which readers share, is held instead (its descriptor appended to
+    ``shared_lock``), so that others see the file locked (see _open), not left by a dead writer."""
+    import fcntl
+
     try:
         return h5py.File(path, "a", libver=_LIBVER)
     except OSError as e:
         if "unable to lock file" not in str(e):
             raise
+    fd = os.open(path, os.O_RDONLY)
+    shared_lock.append(fd)
+    fcntl.flock(fd, fcntl.LOCK_SH)
     return h5py.File(path, "a", libver=_LIBVER, locking=False)
 
 

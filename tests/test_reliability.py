@@ -257,3 +257,29 @@ def test_the_writer_refreshes_its_heartbeat_as_it_flushes(problem, tmp_path, mon
         with h5py.File(db.path, "r", swmr=True) as reader:  # what another host's reader sees
             assert reader["writer_heartbeat"][0] > first
         db.end_run(rid, database.COMPLETED)
+
+
+def test_a_command_killed_before_it_wrote_in_swmr_mode_leaves_a_file_every_command_takes(seeded, tmp_path, capsys):
+    """SIGKILL while a command holds the file open for writing but has not started SWMR writing (a
+    score preparing its work; the soak found it): the file is marked open for writing, not for
+    SWMR writing, which HDF5's SWMR reader refuses, so every command called it damaged. inspect
+    now reads it without changing a byte, and the next command takes it over."""
+    db = tmp_path / "plain.h5"
+    db.write_bytes(seeded.read_bytes())
+    code = f"""
+import os, signal
+from landscape.database import Database
+db = Database({str(db)!r}, mode="a")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", code])
+    assert proc.returncode == -signal.SIGKILL
+    assert db.read_bytes()[11] == 0x01  # open for writing, not SWMR
+    before = db.read_bytes()
+    assert main(["inspect", str(db), "--lowest", "0"]) == 0
+    assert db.read_bytes() == before
+    n = _all_sound(db, 1)
+    assert main(["score", str(db), "--quantity", "accuracy", "--quiet"]) == 0
+    capsys.readouterr()
+    with Database(db) as d:
+        assert d.runs()[-1]["status"] == "completed" and len(d) == n
