@@ -182,6 +182,11 @@ class DatabaseError(ValueError):
     """A database that cannot be used as asked (wrong file, other problem, corrupt)."""
 
 
+class _Busy(DatabaseError):
+    """The file is locked by another process for a moment (a reader opening it, a run recording
+    its end); :func:`_open` retries before it says so."""
+
+
 class DiskFullError(OSError):
     """The disk (or the file-size limit) has no room for what a command writes; what it wrote
     before is kept."""
@@ -1048,9 +1053,24 @@ def _same_problem(a: Problem, b: Problem) -> bool:
 
 
 _LIBVER = ("v110", "v110")  # superblock v3: what SWMR needs and what _check_length reads
+BUSY_WAIT = 3.0  # seconds _open keeps retrying a file another process holds locked for a moment
 
 
 def _open(path: str, mode: str, force: bool = False) -> h5py.File:
+    """:func:`_open_once`, retried for up to ``BUSY_WAIT`` seconds while another process holds the
+    file's lock (a reader opening it while a command starts to write, a run recording its end
+    while a reader opens it)."""
+    deadline = time.monotonic() + BUSY_WAIT
+    while True:
+        try:
+            return _open_once(path, mode, force)
+        except _Busy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _open_once(path: str, mode: str, force: bool = False) -> h5py.File:
     """Open read-only (as an SWMR reader when a run is writing the file, or was killed while it
     did) or for appending; a file left marked 'open for writing' by a killed run is recovered
     when its writer no longer runs (another host's: once its lease ran out, or at once with
@@ -1069,7 +1089,7 @@ def _open(path: str, mode: str, force: bool = False) -> h5py.File:
             # attempt, so damage is reported at once
             if _plain_write_mark(path):  # opened for writing, not in SWMR mode (yet), by a process now gone
                 if _locked(path):  # (a run recording its end: see _reopen; for milliseconds)
-                    raise DatabaseError(f"{path}: a run is recording its end; try again in a moment")
+                    raise _Busy(f"{path}: a run is recording its end; try again in a moment")
                 return h5py.File(_Unflagged(path), "r", libver=_LIBVER)
             return _swmr_reader(path, None if _running(_writer(path)) else 1)
         return h5py.File(path, "a", libver=_LIBVER)
@@ -1085,8 +1105,8 @@ def _open(path: str, mode: str, force: bool = False) -> h5py.File:
         if "checksum" in reason:
             raise _damaged(path, e) from None
         if "unable to lock file" in reason:  # HDF5's lock: held by any reader, or a writer before SWMR starts
-            raise DatabaseError(f"{path}: another process has it open (reading, or creating it); close it there "
-                                "and try again") from None
+            raise _Busy(f"{path}: another process has it open (reading, or creating it); close it there "
+                        "and try again") from None
         raise DatabaseError(f"{path}: cannot open ({reason})") from None
 
 

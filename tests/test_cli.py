@@ -514,3 +514,19 @@ def test_a_file_open_in_another_process_is_named_as_such(tmp_path, capsys):
         reader.communicate(b"", timeout=60)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "another process has it open" in err
     assert run(capsys, "sample", str(db), "--steps", "1", "--quiet")[0] == 0  # and once it is closed, it works
+
+
+def test_a_reader_that_closes_within_a_moment_does_not_refuse_a_writer(tmp_path, capsys):
+    """A reader holding the lock for less than database.BUSY_WAIT (inspect's open, a notebook's
+    glance) makes a writing command wait, not fail; the old code refused at once."""
+    db = tmp_path / "r.h5"
+    assert run(capsys, "sample", str(db), *FAST, "--steps", "1")[0] == 0
+    reader = subprocess.Popen([sys.executable, "-c", "import sys, time, landscape.database as d; "
+                               "db = d.Database(sys.argv[1]); print('open', flush=True); time.sleep(1.0); db.close()",
+                               str(db)], stdout=subprocess.PIPE)
+    try:
+        assert reader.stdout.readline() == b"open\n"
+        code, out, err = run(capsys, "sample", str(db), "--steps", "1", "--quiet")
+    finally:
+        reader.communicate(timeout=60)
+    assert code == 0 and err == "" and "(completed)" in out
