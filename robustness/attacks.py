@@ -34,8 +34,8 @@ def pgd(net: Network, x: Tensor, eps: float, *, labels: Tensor | None = None, di
     direction = e_j maximises output j, -e_j minimises it, e_t - e_y targets class t.
     Each restart starts uniformly in the box (or at x without ``random_start``) and
     takes ``steps`` signed-gradient steps of ``step_size`` (default 2.5 eps / steps);
-    the final iterate with the largest objective over restarts is returned, shape
-    (K, N, *input_shape).
+    the iterate with the largest objective over all steps and restarts is returned
+    (not only the last: a step can overshoot), shape (K, N, *input_shape).
     """
     eps = check_nonnegative(eps)
     check_positive_int("steps", steps)
@@ -65,16 +65,21 @@ def pgd(net: Network, x: Tensor, eps: float, *, labels: Tensor | None = None, di
                 xa = x
             for _ in range(steps):
                 xa = xa.detach().requires_grad_(True)
-                grad, = torch.autograd.grad(_objective(net, xa, labels, direction).sum(), xa)
+                value = _objective(net, xa, labels, direction)
+                grad, = torch.autograd.grad(value.sum(), xa)
+                best_x, best = _keep_best(best_x, best, xa.detach(), value.detach())
                 xa = torch.minimum(torch.maximum(xa.detach() + step_size * grad.sign(), lo), hi)
             with torch.no_grad():
-                value = _objective(net, xa, labels, direction)
-            if best is None:
-                best_x, best = xa, value
-            else:
-                better = (value > best).view(*value.shape, *[1] * (x.dim() - 2))
-                best_x, best = torch.where(better, xa, best_x), torch.maximum(value, best)
+                best_x, best = _keep_best(best_x, best, xa, _objective(net, xa, labels, direction))
     return best_x
+
+
+def _keep_best(best_x: Tensor, best: Tensor | None, xa: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+    """The points (K, N, ...) of the larger objective (K, N), point by point, of the best so far and ``xa``."""
+    if best is None:
+        return xa, value
+    better = (value > best).view(*value.shape, *[1] * (xa.dim() - 2))
+    return torch.where(better, xa, best_x), torch.maximum(value, best)
 
 
 def fgsm(net: Network, x: Tensor, labels: Tensor, eps: float, domain: Domain = None) -> Tensor:
@@ -82,7 +87,14 @@ def fgsm(net: Network, x: Tensor, labels: Tensor, eps: float, domain: Domain = N
 
     Returns (K, N, *input_shape).
     """
-    return pgd(net, x, eps, labels=labels, steps=1, step_size=eps, random_start=False, domain=domain)
+    eps = check_nonnegative(eps)
+    x = as_batch(x, net.input_shape, net.k, net.dtype)
+    x = x.expand(net.k, *x.shape[1:]).detach().requires_grad_(True)
+    labels = as_labels(labels, x.shape[1], net.n_outputs)
+    lo, hi = input_box(x.detach(), eps, domain)
+    with torch.enable_grad():
+        grad, = torch.autograd.grad(_objective(net, x, labels, None).sum(), x)
+    return torch.minimum(torch.maximum(x.detach() + eps * grad.sign(), lo), hi)
 
 
 def _logits_and_jacobian(net: Network, x: Tensor) -> tuple[Tensor, Tensor]:

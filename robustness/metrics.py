@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ._inputs import Domain, as_batch, as_labels
-from .attacks import deepfool, pgd
+from .attacks import deepfool, fgsm, pgd
 from .bounds import logit_differences, output_bounds
 from .network import Network, forward
 
@@ -27,14 +27,17 @@ def clean_accuracy(net: Network, x: Tensor, y: Tensor) -> Tensor:
 def robust_accuracy(net: Network, x: Tensor, y: Tensor, eps: float, *, steps: int = 40,
                     step_size: float | None = None, restarts: int = 1, domain: Domain = None,
                     generator: torch.Generator | None = None) -> Tensor:
-    """Fraction of points classified correctly both at x and at the PGD adversary
-    (cross-entropy, see :func:`~robustness.attacks.pgd`): an upper estimate of the
-    accuracy under every attack of size eps."""
+    """Fraction of points classified correctly at x, at the PGD adversary (cross-entropy, see
+    :func:`~robustness.attacks.pgd`) and at the FGSM point (so the estimate is never above FGSM's,
+    PGD's one-step special case): an upper estimate of the accuracy under every attack of size eps."""
     y = _labels(net, x, y)
     adv = pgd(net, x, eps, labels=y, steps=steps, step_size=step_size, restarts=restarts, domain=domain,
               generator=generator)
+    one_step = fgsm(net, x, y, eps, domain)
     with torch.no_grad():
-        correct = (forward(net, x).argmax(-1) == y) & (forward(net, adv).argmax(-1) == y)
+        correct = forward(net, x).argmax(-1) == y
+        for z in (adv, one_step):
+            correct &= forward(net, z).argmax(-1) == y
     return correct.double().mean(-1)
 
 
