@@ -21,6 +21,7 @@ OBJECTIVE_OPTIONS = {
     "space": (("sensitivity",), "space"),
     "l2": (("l2", "sensitivity"), "lam"),
     "lambda_g": (("input_gradient",), "lambda_g"),
+    "lambda_j": (("jacobian",), "lambda_j"),
     "trades_beta": (("trades",), "beta"),
     "kappa": (("ibp", "crown_ibp"), "kappa"),
     "crown_beta": (("crown_ibp",), "beta"),
@@ -58,6 +59,8 @@ def add_options(t: argparse.ArgumentParser) -> None:
     o.add_argument("--space", choices=SPACES, help="sensitivity: output space of the log-volume (default logits)")
     o.add_argument("--l2", type=float, help="l2 and sensitivity: coefficient of the sum of squared parameters")
     o.add_argument("--lambda-g", dest="lambda_g", type=float, help="input_gradient: weight of ||grad_x CE||^2")
+    o.add_argument("--lambda-j", dest="lambda_j", type=float,
+                   help="jacobian: weight of ||J||_F^2 / 2, the logits' input Jacobian (default 0.01)")
     o.add_argument("--trades-beta", dest="trades_beta", type=float, help="trades: weight of the KL term")
     o.add_argument("--kappa", type=float, help="ibp, crown_ibp: final weight of the natural loss")
     o.add_argument("--crown-beta", dest="crown_beta", type=float, help="crown_ibp: final weight of the CROWN bound")

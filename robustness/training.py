@@ -20,6 +20,8 @@ to 1), the input ``domain`` and a random generator. Objectives by name (:data:`O
   bound (a constant output has width 0), so too large a lambda_s collapses the outputs.
 * 'input_gradient': cross-entropy + ``lambda_g`` * mean over points of ||grad_x CE||^2 (double
   backpropagation; Ross & Doshi-Velez 2018).
+* 'jacobian': cross-entropy + ``lambda_j`` / 2 * mean over points of the squared Frobenius norm
+  of the logits' input Jacobian, from ``projections`` random output directions (Hoffman et al. 2019).
 * 'pgd': cross-entropy at the PGD adversary of radius eps (:func:`robustness.pgd`; Madry et al. 2018).
 * 'trades': cross-entropy + ``beta`` * KL(p(x) || p(x')), x' maximising that KL by PGD within the
   ball (Zhang et al. 2019).
@@ -253,6 +255,34 @@ class InputGradient(_Base):
 
 
 @dataclass(frozen=True)
+class Jacobian(_Base):
+    """Cross-entropy + ``lambda_j`` / 2 (default 0.01) x mean over the points of ||J||_F^2, the
+    squared Frobenius norm of the logits' input Jacobian, estimated from ``projections`` (default 1)
+    random unit directions v of the output space as C E ||v^T J||^2 (Hoffman et al. 2019); the
+    directions come from the training step's generator."""
+
+    lambda_j: float = 0.01
+    projections: int = 1
+    name: ClassVar[str] = "jacobian"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lambda_j", _number(self.name, "lambda_j", self.lambda_j))
+        object.__setattr__(self, "projections", _count(self.name, "projections", self.projections))
+
+    def __call__(self, module: nn.Module, x: Tensor, y: Tensor, step: Step) -> Tensor:
+        x = x.detach().requires_grad_(True)
+        logits = module(x)
+        n, C = logits.shape
+        frobenius = logits.new_zeros(n)
+        for _ in range(self.projections):
+            v = torch.randn(n, C, dtype=logits.dtype, device=logits.device, generator=step.generator)
+            v = v / v.norm(dim=1, keepdim=True)
+            grad, = torch.autograd.grad((logits * v).sum(), x, create_graph=True)
+            frobenius = frobenius + C * grad.flatten(1).pow(2).sum(1) / self.projections
+        return F.cross_entropy(logits, y) + self.lambda_j / 2 * frobenius.mean()
+
+
+@dataclass(frozen=True)
 class PGDTraining(_Base):
     """Cross-entropy at the PGD adversary (random start, ``steps`` signed steps of ``step_size`` x
     eps, defaults 10 and 0.25) of the current eps (Madry et al. 2018)."""
@@ -377,7 +407,7 @@ class CROWNIBPTraining(IBPTraining):
         return worst
 
 
-OBJECTIVES: dict[str, type] = {c.name: c for c in (Plain, L2, SensitivityLoss, InputGradient, PGDTraining, TRADES,
+OBJECTIVES: dict[str, type] = {c.name: c for c in (Plain, L2, SensitivityLoss, InputGradient, Jacobian, PGDTraining, TRADES,
                                                    IBPTraining, CROWNIBPTraining)}
 """Objective classes by name."""
 

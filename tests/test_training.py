@@ -40,7 +40,8 @@ def _train(digits, objective, seed=0, epochs=EPOCHS):
 @pytest.fixture(scope="module")
 def trained(digits):
     objectives = {"plain": rt.Plain(), "l2": rt.L2(lam=1e-2), "sensitivity": rt.SensitivityLoss(lambda_s=0.02),
-                  "input_gradient": rt.InputGradient(lambda_g=1.0), "pgd": rt.PGDTraining(steps=5),
+                  "input_gradient": rt.InputGradient(lambda_g=1.0), "jacobian": rt.Jacobian(lambda_j=0.1),
+                  "pgd": rt.PGDTraining(steps=5),
                   "trades": rt.TRADES(steps=5), "ibp": rt.IBPTraining(), "crown_ibp": rt.CROWNIBPTraining()}
     return {name: _train(digits, obj).module for name, obj in objectives.items()}
 
@@ -63,7 +64,8 @@ def _verified(module, x, y):
 
 
 def test_every_objective_is_registered_and_refuses_unknown_parameters():
-    assert set(rt.OBJECTIVES) == {"plain", "l2", "sensitivity", "input_gradient", "pgd", "trades", "ibp", "crown_ibp"}
+    assert set(rt.OBJECTIVES) == {"plain", "l2", "sensitivity", "input_gradient", "jacobian", "pgd", "trades", "ibp",
+                                  "crown_ibp"}
     with pytest.raises(ValueError, match="no parameter"):
         rt.make_objective("pgd", lambda_s=1.0)
     with pytest.raises(ValueError, match="unknown objective"):
@@ -93,6 +95,17 @@ def test_input_gradient_term_lowers_the_input_gradient(trained, digits):
         return g.pow(2).sum(1).mean().item()
 
     assert grad_norm(trained["input_gradient"]) < 0.5 * grad_norm(trained["plain"])
+
+
+def test_jacobian_term_lowers_the_jacobian_norm(trained, digits):
+    """Hoffman et al.'s random-projection estimate, trained on, lowers the exact Frobenius norm."""
+    _, _, xt, _ = digits
+
+    def frobenius(module):
+        J = torch.func.vmap(torch.func.jacrev(module))(xt[:50].float())  # (50, 10, 64)
+        return J.pow(2).sum((1, 2)).mean().item()
+
+    assert frobenius(trained["jacobian"]) < 0.5 * frobenius(trained["plain"])
 
 
 @pytest.mark.parametrize("name", ["pgd", "trades"])
