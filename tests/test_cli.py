@@ -347,6 +347,32 @@ def test_resume_of_a_run_killed_before_it_saved_its_walkers_starts_new_walkers(t
         assert d.walker_state(1)["rng"][:, 3].all()
 
 
+def test_inspect_and_score_while_a_sample_runs(tmp_path, capsys):
+    """While a sample writes: inspect reads it (exit 0, the minima so far, growing); score, a second
+    writer, is refused in one line naming the running process, without disturbing the run; once the
+    run ends (Ctrl-C), score scores every minimum."""
+    db = tmp_path / "live.h5"
+    proc = _sampling(db, 1)
+    try:
+        counts = []
+        for _ in range(3):
+            code, out, err = run(capsys, "inspect", str(db), "--json")
+            assert code == 0 and err == "", err
+            counts.append(json.loads(out)["n_minima"])
+            time.sleep(0.5)
+        code, _, err = run(capsys, "score", str(db), "--eps", "0.1", "--quiet")
+        assert code == 2 and err.count("\n") == 1 and f"being written by process {proc.pid}" in err
+        assert proc.poll() is None  # the run goes on
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and counts == sorted(counts) and counts[0] >= 1
+    code, out, _ = run(capsys, "score", str(db), "--eps", "0.1", "--quiet")
+    with Database(db) as d:
+        values, n = d.scores()["sensitivity_logits_ibp_eps0.1_train"][0], len(d)
+    assert code == 0 and len(values) == n >= counts[-1] and np.isfinite(values).all()
+
+
 def _wait_for_run_group(db, proc: subprocess.Popen) -> None:
     """Return once the sampling process ``proc`` has made its first run group in ``db`` (SWMR mode)."""
     deadline = time.monotonic() + 60
