@@ -19,6 +19,11 @@ Two ways to compute it:
   standard error their standard deviation / sqrt(probes). That error bar covers the probes'
   randomness, not the quadrature error of m steps (none for m >= P; compare with 2m to check).
   The cutoff is relative to the largest Ritz value of the minimum's probes.
+
+For a loss with kinks (the sensitivity term: minima on faces where weights are exactly 0, see
+:mod:`landscape.identify`), the Hessian is that of E restricted to the minimum's face
+(:func:`landscape.identify.face`), as in the minimum check: its zero kink coordinates are
+neither modes nor zero modes.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from .energy import Energy
+from .identify import face
 
 METHODS = ("eigvalsh", "slq")
 MEMORY = 1 << 28
@@ -101,8 +107,13 @@ def rademacher(seed: int, key: int, probes: int, n: int) -> np.ndarray:
 
 
 def log_det_full(energy: Energy, W: np.ndarray, cutoff: float = Flatness.cutoff) -> LogDet:
-    """``log_det`` and zero modes of each row of ``W`` (K, P) from the full spectrum of ``energy.hessian``."""
-    out = np.array([spectrum_log_det(np.linalg.eigvalsh(energy.hessian(w)), cutoff) for w in W]).reshape(-1, 2)
+    """``log_det`` and zero modes of each row of ``W`` (K, P) from the full spectrum of ``energy.hessian``
+    (on the row's face)."""
+    def spectrum(w: np.ndarray) -> np.ndarray:
+        free = face(energy, w)
+        return np.linalg.eigvalsh(energy.hessian(w)[np.ix_(free, free)])
+
+    out = np.array([spectrum_log_det(spectrum(w), cutoff) for w in W]).reshape(-1, 2)
     zero = np.zeros(len(out))
     return LogDet(out[:, 0], zero, out[:, 1], zero.copy())
 
@@ -121,8 +132,9 @@ def log_det_slq(energy: Energy, W: np.ndarray, probes: np.ndarray, steps: int = 
     if R < 2 or W.shape != (K, P):
         raise ValueError(f"probes must have shape (K, R >= 2, P) for W of shape (K, P); got {probes.shape}, {W.shape}")
     w = np.repeat(W, R, axis=0)
-    theta, tau2 = lanczos_quadrature(lambda v: energy.hvp(w, v), probes.reshape(K * R, P), steps)
-    theta, tau2 = theta.reshape(K, R, -1), tau2.reshape(K, R, -1) * (probes ** 2).sum(-1, keepdims=True)
+    free = np.stack([face(energy, x) for x in w]).astype(float)  # probes and products on each face
+    theta, tau2 = lanczos_quadrature(lambda v: energy.hvp(w, v) * free, probes.reshape(K * R, P) * free, steps)
+    theta, tau2 = theta.reshape(K, R, -1), tau2.reshape(K, R, -1) * free.reshape(K, R, P).sum(-1, keepdims=True)
     keep = theta > cutoff * np.maximum(theta.max(axis=(1, 2)), 0.0)[:, None, None]
     logs = (tau2 * np.log(np.where(keep, theta, 1.0))).sum(-1)  # (K, R): v^T f(H) v per probe
     zeros = (tau2 * ~keep).sum(-1)

@@ -117,3 +117,30 @@ def test_connect_refuses_a_loss_with_kinks_in_one_line(sampled, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sensitivity term" in err and "connect takes a smooth loss" in err
     assert open(sampled["term"], "rb").read() == before
+
+
+def test_flatness_of_a_minimum_on_a_face_is_that_of_the_face(sampled, tmp_path):
+    """A minimum with zero weights sits on a face of E: flatness is the log-determinant of the
+    Hessian restricted to it (its zero weights are not modes), from the full spectrum and, within
+    its error bar, from SLQ."""
+    import shutil
+
+    from landscape import flatness
+    from landscape.identify import face
+
+    path = str(tmp_path / "flat.h5")
+    shutil.copy(sampled["term"], path)
+    landscape.score(path, quantities="flatness", progress=False)
+    with Database(path) as db:
+        energy, m = db.problem.energy(), db.minima()
+        values = db.scores()["log_det_hessian_eigvalsh_cutoff1e-06"][0]
+    on_face = [i for i, x in enumerate(m.coords) if not face(energy, x).all()]
+    assert on_face
+    for i in on_face:
+        free = face(energy, m.coords[i])
+        lam = np.linalg.eigvalsh(energy.hessian(m.coords[i])[np.ix_(free, free)])
+        np.testing.assert_allclose(values[i], flatness.spectrum_log_det(lam)[0], rtol=1e-10)
+    i = on_face[0]
+    probes = flatness.rademacher(0, i, 200, len(m.coords[i]))[None]
+    slq = flatness.log_det_slq(energy, m.coords[i][None], probes, steps=len(m.coords[i]))
+    assert abs(slq.value[0] - values[i]) < 4 * slq.stderr[0] + 1e-6
