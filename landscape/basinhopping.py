@@ -56,7 +56,7 @@ from . import allocator, hessian, parallel
 from .database import COMPLETED, FAILED, INT64_END, INTERRUPTED, TIME_UP, Database, Minima, check_seed
 from .energy import Energy
 from .identify import MinimaIndex, Point, minimum_check, tolerances
-from .loss import sampling_refusal
+from .loss import Sensitivity, sampling_refusal
 from .minimize import LBFGS, minimize
 from .problem import Problem
 
@@ -291,7 +291,7 @@ def sample(problem: Problem, path: str, settings: Settings = Settings(), steps: 
         torch.set_num_threads(torch_threads)
     overrun = max(0.0, time.perf_counter() - deadline)
     return SampleResult(run_id, counters, len(m), float(m.energy.min()) if len(m) else math.nan, status, overrun,
-                        None if len(m) else _why_empty(counters, settings))
+                        None if len(m) else _why_empty(counters, settings, problem))
 
 
 def _check_arguments(problem: Problem, settings: Settings, steps: int | None, minutes: float | None, seed: int,
@@ -490,11 +490,17 @@ def _auto_temperature(problem: Problem, energy: Energy, walkers: _Walkers, s: Se
     return float(np.median(gaps))
 
 
-def _why_empty(c: dict, s: Settings) -> str:
+def _why_empty(c: dict, s: Settings, problem: Problem) -> str:
     """Why a run left the database without a minimum, from its counters ``c``."""
     if not c["quenches"]:
         return "no quench finished within the budget: give more minutes (--minutes) or steps (--steps)"
     if not c["converged"] and not c.get("abandoned", 0):
+        term = next((t for t in problem.loss if isinstance(t, Sensitivity)), None)
+        if term is not None:
+            return (f"none of the {c['quenches']} quenches converged: with a sensitivity weight of "
+                    f"{term.weight / problem.lam:g} x lam the log-volume pulls output widths down to their floor, "
+                    "where E has kinks off the coordinate planes that no quench converges on; lower "
+                    "--sensitivity-weight against --lam (README: the landscape of the paper's loss)")
         return (f"none of the {c['quenches']} quenches converged to RMS gradient <= tol ({s.tol:g}) within maxiter "
                 f"({s.maxiter}) iterations: raise tol or maxiter (--tol, --maxiter), or check the data")
     return (f"{c['converged'] + c.get('abandoned', 0)} quenches converged but none was stored ({c['saddles']} saddles, "

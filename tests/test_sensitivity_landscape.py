@@ -144,3 +144,15 @@ def test_flatness_of_a_minimum_on_a_face_is_that_of_the_face(sampled, tmp_path):
     probes = flatness.rademacher(0, i, 200, len(m.coords[i]))[None]
     slq = flatness.log_det_slq(energy, m.coords[i][None], probes, steps=len(m.coords[i]))
     assert abs(slq.value[0] - values[i]) < 4 * slq.stderr[0] + 1e-6
+
+
+def test_a_run_whose_quenches_all_end_on_the_floor_says_why(tmp_path):
+    """At a sensitivity weight large against lam the quenches drive output widths to the
+    log-volume's floor and none converges: the run says so and what to change."""
+    problem = landscape.Problem.create("iris", hidden=(5,), lam=1e-3, test_fraction=0.0,
+                                       sensitivity={"weight": 0.1, "eps": EPS})
+    r = landscape.sample(problem, str(tmp_path / "floor.h5"), landscape.Settings(walkers=4, maxiter=300), steps=1,
+                         seed=0, progress=False)
+    assert r.n_minima == 0 and r.counters["converged"] == 0
+    assert r.reason.startswith("none of the 4 quenches converged: with a sensitivity weight of 100 x lam")
+    assert "lower --sensitivity-weight against --lam" in r.reason
