@@ -46,7 +46,7 @@ import robustness
 
 from . import flatness as flatness_mod
 from .data import eps_unit
-from .database import COMPLETED, FAILED, INTERRUPTED, Database, ScoreKind
+from .database import COMPLETED, FAILED, INT64_END, INTERRUPTED, Database, ScoreKind
 from .energy import Energy
 from .flatness import Flatness
 from .loss import CrossEntropy, LossData
@@ -88,8 +88,8 @@ class PGD:
     def __post_init__(self) -> None:
         for name, low in (("steps", 1), ("restarts", 1), ("seed", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"pgd {name} must be an integer >= {low}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value < INT64_END:
+                raise ValueError(f"pgd {name} must be an integer in [{low}, 2**63), got {value!r}")
 
     def options(self) -> dict:
         """What defines the value, for the kind's options (the seed only draws the starts)."""

@@ -257,8 +257,9 @@ def test_score_refuses_what_it_does_not_know(sampled, kwargs, message):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: PGD(steps=0), "pgd steps must be an integer >= 1"),
-    (lambda: PGD(restarts=1.5), "pgd restarts must be an integer >= 1"),
+    (lambda: PGD(steps=0), r"pgd steps must be an integer in \[1, 2\*\*63\)"),
+    (lambda: PGD(restarts=1.5), r"pgd restarts must be an integer in \[1, 2\*\*63\)"),
+    (lambda: PGD(seed=2 ** 64), r"pgd seed must be an integer in \[0, 2\*\*63\), got 18446744073709551616"),
     (lambda: Flatness(cutoff=0), r"flatness cutoff must be a number in \(0, 1\)"),
     (lambda: Flatness(full_max=-1), "flatness full_max must be an integer >= 0"),
 ])
