@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from . import allocator, hessian, parallel
+from . import allocator, hessian, parallel, signals
 from .database import COMPLETED, FAILED, INT64_END, INTERRUPTED, TIME_UP, Database, Minima, check_seed
 from .energy import Energy
 from .identify import MinimaIndex, Point, minimum_check, tolerances
@@ -411,14 +411,11 @@ def _ctrl_c_remembered() -> Iterator[threading.Event]:
         interrupted.set()
         raise KeyboardInterrupt
 
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # (a background job's: left as it is)
         yield interrupted
         return
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
+    with signals.handling(signal.SIGINT, handler):
         yield interrupted
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _start(path: str, problem: Problem, settings: Settings, seed: int, resume: bool) -> tuple[_Walkers, int]:

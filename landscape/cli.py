@@ -26,12 +26,11 @@ import os
 import shlex
 import signal
 import sys
-import threading
 import tomllib
 import warnings
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from . import __version__, allocator
+from . import __version__, allocator, signals
 
 if TYPE_CHECKING:
     from .basinhopping import SampleResult
@@ -353,14 +352,8 @@ def _sigterm_as_ctrl_c() -> Iterator[list[int]]:
             raise KeyboardInterrupt
         on_int(signal.SIGINT, frame)
 
-    if threading.current_thread() is not threading.main_thread():
+    with signals.handling(signal.SIGTERM, handler):
         yield received
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield received
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _main(argv: list[str]) -> int:
