@@ -270,8 +270,10 @@ def run(store, stored: Minima, new_index: Callable[[], MinimaIndex], walkers: di
             w.process.join(timeout=10.0)
             if w.process.is_alive():
                 w.process.terminate()
-        merge.events(workers)
-        store.save(totals(), merge.walkers(workers))
+        try:
+            merge.events(workers)
+        finally:  # out of space storing the last reports: the walkers are still saved, in the reserve
+            store.save(totals(), merge.walkers(workers))
     failed = [w for w in workers if w.error]
     if failed:
         w = failed[0]

@@ -102,6 +102,28 @@ def test_out_of_space_ends_sample_in_one_line_and_keeps_every_minimum(seeded_wid
     _all_sound(db, n1)
 
 
+def test_out_of_space_in_two_processes_saves_the_walkers_of_the_run(seeded_wide, tmp_path):
+    """With --processes 2 the writer merges the workers' reports; out of space there ends the run
+    in its reserve as in one process: one line, exit 2, status 'failed', every minimum sound, and
+    the walkers saved, so --resume continues them rather than starting new ones."""
+    db = tmp_path / "full2.h5"
+    db.write_bytes(seeded_wide.read_bytes())
+    n0 = _all_sound(db, 1)
+    with Database(db) as d:
+        start = 2**14 + sum(a.nbytes for a in d.walker_state(0).values())
+    p = _landscape(["sample", db, "--resume", "--steps", "200", "--processes", "2", "--quiet"],
+                   limit=db.stat().st_size + database.DISK_RESERVE + start + 70000)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "out of space" in p.stderr, p.stderr
+    n1 = _all_sound(db, n0)
+    with Database(db) as d:
+        run = d.runs()[-1]
+        rng = d.walker_state(len(d.runs()) - 1)["rng"]
+    assert run["status"] == "failed" and rng[:, 3].all()  # the walkers' streams were saved
+    resumed = _landscape(["sample", db, "--resume", "--steps", "2", "--quiet"])
+    assert resumed.returncode == 0 and resumed.stderr == "" and "(completed)" in resumed.stdout
+    _all_sound(db, n1)
+
+
 @pytest.mark.parametrize("reserve", ["kept", "none"])
 def test_out_of_space_ends_score_in_one_line(seeded, tmp_path, reserve):
     """score on a full disk: one line, exit 2; the file is read by inspect and scored once there
