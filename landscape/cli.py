@@ -333,9 +333,28 @@ def _analyze_options(a: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    with _sigterm_as_ctrl_c() as terminated:
-        code = _main(argv)
+    with _ctrl_c_recorded() as interrupted, _sigterm_as_ctrl_c() as terminated:
+        code = _main(argv, interrupted)
     return TERMINATED_EXIT if terminated and code == INTERRUPTED_EXIT else code
+
+
+@contextlib.contextmanager
+def _ctrl_c_recorded() -> Iterator[list[int]]:
+    """While the command runs, Ctrl-C raises KeyboardInterrupt as Python's own handler does and is
+    also recorded in the list yielded: an interrupt that lands in a compiled module's import comes
+    out as an ImportError ("initialization failed"), which is then told from a broken install.
+    SIGINT left ignored (a background job) stays ignored."""
+    received: list[int] = []
+
+    def handler(signum: int, frame) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield received
+        return
+    with signals.handling(signal.SIGINT, handler):
+        yield received
 
 
 @contextlib.contextmanager
@@ -356,8 +375,8 @@ def _sigterm_as_ctrl_c() -> Iterator[list[int]]:
         yield received
 
 
-def _main(argv: list[str]) -> int:
-    """The command ``argv``; its exit status."""
+def _main(argv: list[str], interrupted: list[int]) -> int:
+    """The command ``argv``; its exit status. ``interrupted``: Ctrl-Cs received so far."""
     try:  # Ctrl-C while torch is imported (during parsing, or by a command) ends as at any other moment
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -374,7 +393,9 @@ def _main(argv: list[str]) -> int:
     except MemoryError as e:  # sizes are checked before allocating; this is the rest
         return _fail(f"out of memory ({str(e).splitlines()[0] if str(e) else 'an allocation failed'}); use a "
                      "smaller model (--hidden, --channels), fewer --walkers or fewer samples (--limit)")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ImportError) as e:
+        if isinstance(e, ImportError) and not interrupted:  # a broken install, not Ctrl-C during an import
+            raise
         print("landscape: interrupted; what was written is kept", file=sys.stderr)
         return INTERRUPTED_EXIT
 
