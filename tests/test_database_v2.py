@@ -225,7 +225,8 @@ def test_a_reader_held_open_sees_the_rows_a_running_sample_adds(tmp_path):
             deadline = time.monotonic() + 20
             while len(db) <= first and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert len(db) > first and len(db.minima(coords=False)) == len(db)
+            n = len(db)  # the run goes on adding rows: a later read holds at least as many
+            assert n > first and len(db.minima(coords=False)) >= n
     finally:
         proc.terminate()
         proc.wait(timeout=60)
