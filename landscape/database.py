@@ -101,7 +101,6 @@ import resource
 import shutil
 import signal
 import socket
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -110,7 +109,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from . import __version__
+from . import __version__, signals
 from .data import eps_unit
 from .problem import Problem
 
@@ -1520,20 +1519,15 @@ def _reopen(path: str, shared_lock: list[int]) -> h5py.File:
 def _signals_deferred() -> Iterator[None]:
     """SIGINT and SIGTERM received in the block are handled when it ends (in the main thread; in
     others the block runs as it is)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     received: list[int] = []
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(sig)
-        if handler is not None and handler != signal.SIG_IGN:  # None: set outside Python, left alone
-            previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
     try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        with contextlib.ExitStack() as held:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(sig)
+                if handler is not None and handler != signal.SIG_IGN:  # None: set outside Python, left alone
+                    held.enter_context(signals.handling(sig, lambda signum, frame: received.append(signum)))
+            yield
+    finally:  # the previous handlers are back: each signal received is handled now
         for sig in received:
             signal.raise_signal(sig)
 
